@@ -1,0 +1,165 @@
+"""The exception tree of docksnap.
+
+Every error docksnap raises on purpose derives from :class:`DocksnapError`.
+Errors about a bad argument also derive from :class:`ValueError`, so code that
+already catches ``ValueError`` keeps working::
+
+    DocksnapError
+    ├── InvalidArgumentError (ValueError)
+    │   ├── InvalidPathError             a path that is relative, has NUL, or climbs above /
+    │   ├── InvalidSnapshotError         a snapshot record that fails validation
+    │   └── UnsafeArchiveError           a tar member that could escape its directory
+    ├── ContainerError                   (.container: the container's name)
+    │   ├── ContainerNotFoundError
+    │   ├── ContainerNotRunningError
+    │   ├── ContainerAlreadyRunningError
+    │   └── ContainerStartError          start() failed; nothing it created is left behind
+    ├── DirectoryNotFoundError           (.container, .path)
+    ├── SnapshotNotFoundError            (.snapshot_id)
+    ├── SnapshotTooLargeError            (.limit)
+    ├── SnapshotCorruptError             (.snapshot_id, .detail)
+    ├── DockerError                      (.status, .message: the engine's answer)
+    ├── DockerUnavailableError           (.address: where the engine was looked for)
+    └── StoreError                       (.store: the store's URL)
+        ├── StoreFormatError             a store written by an unknown format version
+        └── StoreUnavailableError        a transient fault that outlived its retries
+
+Messages name the value that was wrong; the CLI maps each class to an exit code.
+"""
+
+from __future__ import annotations
+
+
+class DocksnapError(Exception):
+    """Root of every error docksnap raises on purpose."""
+
+
+class InvalidArgumentError(DocksnapError, ValueError):
+    """An argument failed validation; nothing was changed."""
+
+
+class InvalidPathError(InvalidArgumentError):
+    """A path is relative, contains NUL, or climbs above the root."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{reason}: {path!r}")
+        self.path = path
+        self.reason = reason
+
+
+class InvalidSnapshotError(InvalidArgumentError):
+    """A snapshot record (e.g. from ``DirectorySnapshot.from_dict``) is malformed."""
+
+    def __init__(self, field: str, value: object, reason: str) -> None:
+        super().__init__(f"invalid snapshot {field} {value!r}: {reason}")
+        self.field = field
+        self.value = value
+
+
+class UnsafeArchiveError(InvalidArgumentError):
+    """A tar member could write outside its directory, or is a device file."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"unsafe tar member {path!r}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class ContainerError(DocksnapError):
+    """Something about one container's state prevents the operation."""
+
+    def __init__(self, container: str, message: str) -> None:
+        super().__init__(message)
+        self.container = container
+
+
+class ContainerNotFoundError(ContainerError):
+    """No container with this name exists on the engine."""
+
+
+class ContainerNotRunningError(ContainerError):
+    """The operation needs a running container."""
+
+
+class ContainerAlreadyRunningError(ContainerError):
+    """``start()`` was called on a container that is already running."""
+
+
+class ContainerStartError(ContainerError):
+    """``start()`` failed; the container and its restore volumes were removed."""
+
+
+class DirectoryNotFoundError(DocksnapError):
+    """The directory to snapshot does not exist in the container."""
+
+    def __init__(self, container: str, path: str) -> None:
+        super().__init__(f"directory not found in container {container!r}: {path}")
+        self.container = container
+        self.path = path
+
+
+class SnapshotNotFoundError(DocksnapError):
+    """No snapshot with this id exists in the store."""
+
+    def __init__(self, snapshot_id: str, where: str = "") -> None:
+        suffix = f" in {where}" if where else ""
+        super().__init__(f"snapshot {snapshot_id!r} not found{suffix}")
+        self.snapshot_id = snapshot_id
+
+
+class SnapshotTooLargeError(DocksnapError):
+    """The directory's tar stream exceeded the size limit; nothing was stored."""
+
+    def __init__(self, path: str, limit: int) -> None:
+        super().__init__(
+            f"snapshot of {path} exceeds the size limit of {limit} bytes; nothing was stored"
+        )
+        self.path = path
+        self.limit = limit
+
+
+class SnapshotCorruptError(DocksnapError):
+    """Stored data failed verification: a chunk is missing or its hash does not match."""
+
+    def __init__(self, snapshot_id: str, detail: str) -> None:
+        super().__init__(f"snapshot {snapshot_id!r} is corrupt: {detail}")
+        self.snapshot_id = snapshot_id
+        self.detail = detail
+
+
+class DockerError(DocksnapError):
+    """The Docker engine answered with an error status."""
+
+    def __init__(self, status: int, message: str, *, operation: str = "") -> None:
+        where = f"{operation}: " if operation else ""
+        super().__init__(f"{where}Docker engine returned {status}: {message}")
+        self.status = status
+        self.message = message
+        self.operation = operation
+
+
+class DockerUnavailableError(DocksnapError):
+    """No Docker engine answered at the configured address."""
+
+    def __init__(self, address: str, cause: str) -> None:
+        super().__init__(
+            f"cannot reach the Docker engine at {address}: {cause} "
+            "(is dockerd running? set DOCKER_HOST to point elsewhere)"
+        )
+        self.address = address
+
+
+class StoreError(DocksnapError):
+    """The snapshot store failed an operation."""
+
+    def __init__(self, store: str, message: str) -> None:
+        super().__init__(f"{store}: {message}")
+        self.store = store
+
+
+class StoreFormatError(StoreError):
+    """The store was written in a format this version cannot read."""
+
+
+class StoreUnavailableError(StoreError):
+    """A transient store fault persisted through every retry."""

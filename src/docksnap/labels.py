@@ -1,0 +1,36 @@
+"""The labels docksnap puts on every container and volume it creates.
+
+Everything docksnap makes carries ``io.docksnap.managed=true`` and a role, so
+that leaks are findable (``docker ps -a --filter label=io.docksnap.managed``)
+and so that docksnap never removes what it did not create.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import StrEnum
+
+PREFIX = "io.docksnap."
+MANAGED = PREFIX + "managed"
+ROLE = PREFIX + "role"
+OWNER = PREFIX + "container"  # the app container a restore volume belongs to
+SNAPSHOT_ID = PREFIX + "snapshot-id"
+CREATED_AT = PREFIX + "created-at"  # Unix seconds, decimal
+
+
+class Role(StrEnum):
+    APP = "app"
+    HELPER = "helper"
+    RESTORE = "restore"
+    SNAPSHOT = "snapshot"
+
+
+def make_labels(
+    role: Role, extra: Mapping[str, str] | None = None, fields: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """docksnap's labels for a resource of ``role``, plus the client's ``extra`` labels."""
+    labels = dict(extra or {})
+    labels.update(fields or {})
+    labels[MANAGED] = "true"
+    labels[ROLE] = str(role)
+    return labels

@@ -1,0 +1,180 @@
+"""Value types of the public API: frozen, validated on construction, picklable.
+
+A :class:`DirectorySnapshot` is a plain record that callers keep wherever they
+like (a database, a JSON file, another process) and hand back to ``start()``.
+Because it comes back from outside, every field is validated again on the way in.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from docksnap.errors import InvalidPathError, InvalidSnapshotError
+
+_UUID4 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+_DIGEST = re.compile(r"blake3:[0-9a-f]{64}")
+
+
+def new_snapshot_id() -> str:
+    """A fresh random snapshot id: a lowercase UUIDv4, as the seed uses."""
+    return str(uuid.uuid4())
+
+
+def is_snapshot_id(value: object) -> bool:
+    """Whether ``value`` is a well-formed snapshot id (safe to embed in a name or key)."""
+    return isinstance(value, str) and _UUID4.fullmatch(value) is not None
+
+
+def normalize_path(path: object, *, what: str = "path") -> str:
+    """Return ``path`` canonicalized, or raise :class:`InvalidPathError` naming it.
+
+    Refuses non-strings, relative paths, NUL bytes and ``..`` that would climb
+    above ``/``. Repeated and trailing slashes and ``.``/``..`` components are
+    resolved, so ``/app//data/`` and ``/app/x/../data`` both give ``/app/data``.
+    """
+    if not isinstance(path, str):
+        raise InvalidPathError(repr(path), f"{what} must be a string")
+    if not path.startswith("/"):
+        raise InvalidPathError(path, f"{what} must be absolute (start with '/')")
+    if "\0" in path:
+        raise InvalidPathError(path, f"{what} must not contain NUL bytes")
+    parts: list[str] = []
+    for part in path.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            # posixpath.normpath would silently clamp "/.." to "/"; a caller who
+            # wrote a path that climbs out of the root made a mistake we report.
+            if not parts:
+                raise InvalidPathError(path, f"{what} climbs above '/' with '..'")
+            parts.pop()
+        else:
+            parts.append(part)
+    return "/" + "/".join(parts)
+
+
+def is_int(value: object) -> bool:
+    """An ``int`` that is not a ``bool``: a size of ``True`` is a caller's bug, not 1 byte."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _require_int(name: str, value: object) -> int:
+    if not isinstance(value, int) or not is_int(value) or value < 0:
+        raise InvalidSnapshotError(name, value, "must be a non-negative integer")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class DirectorySnapshot:
+    """An immutable handle on one stored snapshot of a directory.
+
+    ``id`` is a lowercase UUIDv4, ``size`` the byte length of the directory's tar
+    stream, ``dir`` the absolute path it was taken from, ``name`` the caller's
+    label (``None`` when not given or empty). ``digest`` and ``created_at`` are
+    optional extras: a record carrying only the four seed fields still restores.
+    """
+
+    id: str
+    size: int
+    dir: str
+    name: str | None = None
+    digest: str | None = None
+    created_at: float | None = None
+
+    def __post_init__(self) -> None:
+        if not is_snapshot_id(self.id):
+            raise InvalidSnapshotError("id", self.id, "must be a lowercase UUIDv4")
+        _require_int("size", self.size)
+        try:
+            canonical = normalize_path(self.dir, what="snapshot dir")
+        except InvalidPathError as exc:
+            raise InvalidSnapshotError("dir", self.dir, exc.reason) from exc
+        object.__setattr__(self, "dir", canonical)
+        if self.name is not None and not isinstance(self.name, str):
+            raise InvalidSnapshotError("name", self.name, "must be a string or None")
+        if self.name == "":
+            object.__setattr__(self, "name", None)
+        if self.digest is not None and (
+            not isinstance(self.digest, str) or not _DIGEST.fullmatch(self.digest)
+        ):
+            raise InvalidSnapshotError("digest", self.digest, "must be 'blake3:<64 hex>'")
+        if self.created_at is not None and (
+            not isinstance(self.created_at, float) and not is_int(self.created_at)
+        ):
+            raise InvalidSnapshotError("created_at", self.created_at, "must be a number")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as JSON-ready data; extras appear only when set."""
+        data: dict[str, Any] = {"id": self.id, "size": self.size, "dir": self.dir}
+        data["name"] = self.name
+        if self.digest is not None:
+            data["digest"] = self.digest
+        if self.created_at is not None:
+            data["created_at"] = self.created_at
+        return data
+
+    @classmethod
+    def from_dict(cls, data: object) -> DirectorySnapshot:
+        """Build a snapshot from untrusted data, validating every field.
+
+        Unknown keys are refused so that a typo (``"sise"``) is not silently dropped.
+        """
+        if not isinstance(data, dict):
+            raise InvalidSnapshotError("record", data, "must be a mapping")
+        allowed = {"id", "size", "dir", "name", "digest", "created_at"}
+        unknown = set(data) - allowed
+        if unknown:
+            raise InvalidSnapshotError("record", sorted(unknown), "unknown fields")
+        missing = {"id", "size", "dir"} - set(data)
+        if missing:
+            raise InvalidSnapshotError("record", sorted(missing), "missing required fields")
+        return cls(
+            id=data["id"],
+            size=data["size"],
+            dir=data["dir"],
+            name=data.get("name"),
+            digest=data.get("digest"),
+            created_at=data.get("created_at"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotRestore:
+    """Restore ``snapshot`` when a container starts.
+
+    By default the content appears at ``snapshot.dir``, or at ``mount_point``, in
+    a fresh volume private to the container: the mount point shows exactly the
+    snapshot (it masks what the image had there) and the stored snapshot is never
+    modified. With ``merge=True`` the files are extracted into the container's
+    own filesystem instead, over what the image has (the seed's behaviour); only
+    then may the target be ``/``.
+    """
+
+    snapshot: DirectorySnapshot
+    mount_point: str | None = None
+    merge: bool = False
+    target: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.snapshot, DirectorySnapshot):
+            raise InvalidSnapshotError("snapshot", self.snapshot, "must be a DirectorySnapshot")
+        if self.mount_point is not None:
+            target = normalize_path(self.mount_point, what="mount point")
+            object.__setattr__(self, "mount_point", target)
+        else:
+            target = self.snapshot.dir
+        if target == "/" and not self.merge:
+            raise InvalidPathError(
+                target,
+                "a directory snapshot cannot be restored to the root directory "
+                "(use merge=True to extract over the image's files)",
+            )
+        object.__setattr__(self, "target", target)
+
+    @classmethod
+    def of(cls, item: DirectorySnapshot | SnapshotRestore) -> SnapshotRestore:
+        """Accept the shorthand of a bare snapshot in ``start(snapshots=[...])``."""
+        return item if isinstance(item, SnapshotRestore) else cls(item)

@@ -1,0 +1,65 @@
+"""Snapshots as plain tar archives: import with safety checks, and diffs of file indexes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from docksnap.tarstream import TarEntry, TarIndexer, TarSafetyChecker
+
+# Fields whose change makes a file "changed" in a diff. ``offset`` is where the
+# entry sits in the stream, which shifts whenever anything before it changes.
+_COMPARED = ("type", "mode", "uid", "gid", "mtime", "size", "link")
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotDiff:
+    """Paths added, removed and changed from one snapshot to another, each sorted."""
+
+    added: tuple[TarEntry, ...]
+    removed: tuple[TarEntry, ...]
+    changed: tuple[tuple[TarEntry, TarEntry], ...]
+
+
+def diff_indexes(old: list[TarEntry], new: list[TarEntry]) -> SnapshotDiff:
+    """Compare two file indexes by path; metadata or size differences count as changed.
+
+    Content is compared through size and mtime, as ``rsync`` does by default:
+    a same-size rewrite within the same second is not seen.
+    """
+    before = {entry.path: entry for entry in old}
+    after = {entry.path: entry for entry in new}
+    changed = [
+        (before[path], after[path])
+        for path in sorted(before.keys() & after.keys())
+        if any(getattr(before[path], f) != getattr(after[path], f) for f in _COMPARED)
+    ]
+    return SnapshotDiff(
+        added=tuple(after[p] for p in sorted(after.keys() - before.keys())),
+        removed=tuple(before[p] for p in sorted(before.keys() - after.keys())),
+        changed=tuple(changed),
+    )
+
+
+async def checked_tar(
+    chunks: AsyncIterator[bytes], *, allow_devices: bool = False
+) -> AsyncIterator[bytes]:
+    """Pass a tar stream through, refusing it as soon as a member is unsafe.
+
+    Each piece is parsed before it is handed on, so a store never receives the
+    bytes of a member that is absolute, climbs out with ``..``, writes through
+    an earlier symlink, or is a device file: it raises
+    :class:`~docksnap.errors.UnsafeArchiveError` naming the member, and a store
+    commits nothing when its stream raises. A malformed or truncated stream
+    raises :class:`~docksnap.tarstream.TarFormatError` at the end.
+    """
+    indexer = TarIndexer()
+    checker = TarSafetyChecker(allow_devices=allow_devices)
+    checked = 0
+    async for piece in chunks:
+        indexer.feed(piece)
+        for entry in indexer.entries[checked:]:
+            checker.check(entry)
+        checked = len(indexer.entries)
+        yield piece
+    indexer.finish()

@@ -1,0 +1,141 @@
+"""The snapshot catalogue: list, look up, delete, verify, collect, and retention.
+
+Filtering, ordering and retention live here, once, over any store; the stores
+only keep records and bytes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
+from itertools import groupby
+
+from docksnap.errors import InvalidArgumentError
+from docksnap.model import DirectorySnapshot, is_int, new_snapshot_id
+from docksnap.service.archive import SnapshotDiff, checked_tar, diff_indexes
+from docksnap.store.base import (
+    GcReport,
+    SnapshotInfo,
+    SnapshotSource,
+    SnapshotStore,
+    StoreStats,
+    TarReader,
+    VerifyReport,
+)
+from docksnap.tarstream import TarEntry
+
+DEFAULT_GC_GRACE = 3600.0
+
+# Catalogue.list shadows the builtin inside the class body.
+Infos = list[SnapshotInfo]
+Ids = list[str]
+Entries = list[TarEntry]
+
+
+class Catalogue:
+    """``client.snapshots``: what the store holds, and its lifecycle."""
+
+    def __init__(self, store: SnapshotStore) -> None:
+        self._store = store
+
+    async def list(
+        self, *, name: str | None = None, dir: str | None = None, container: str | None = None
+    ) -> AsyncIterator[SnapshotInfo]:
+        """Snapshots matching every given filter, newest first."""
+        for info in await self._sorted():
+            if name is not None and info.name != name:
+                continue
+            if dir is not None and info.dir != dir:
+                continue
+            if container is not None and (
+                info.source is None or info.source.container != container
+            ):
+                continue
+            yield info
+
+    async def get(self, snapshot_id: str) -> SnapshotInfo:
+        return await self._store.get(snapshot_id)
+
+    async def delete(self, snapshot_id: str) -> None:
+        await self._store.delete(snapshot_id)
+
+    async def verify(
+        self, snapshot_id: str | None = None, *, read_data: bool = True
+    ) -> VerifyReport:
+        return await self._store.verify(snapshot_id, read_data=read_data)
+
+    async def gc(self, *, grace: float = DEFAULT_GC_GRACE) -> GcReport:
+        """Reclaim unreferenced data older than ``grace`` seconds; safe beside writers."""
+        if grace < 0:
+            raise InvalidArgumentError(f"grace must be >= 0 seconds, got {grace!r}")
+        return await self._store.gc(grace=grace)
+
+    async def stats(self) -> StoreStats:
+        return await self._store.stats()
+
+    async def expire(self, *, now: float | None = None) -> Ids:
+        """Delete snapshots whose TTL has run out since their last use; return their ids."""
+        now = time.time() if now is None else now
+        expired = [
+            info.id
+            for info in await self._store.list()
+            if info.ttl is not None and info.last_used_at + info.ttl <= now
+        ]
+        for snapshot_id in expired:
+            await self._store.delete(snapshot_id)
+        return expired
+
+    async def prune(self, *, keep_last: int, per_name: bool = True) -> Ids:
+        """Keep the newest ``keep_last`` snapshots (of each name); delete the rest.
+
+        With ``per_name`` each name (unnamed snapshots together) keeps its own
+        newest ``keep_last``. Returns the deleted ids.
+        """
+        if not is_int(keep_last) or keep_last < 0:
+            raise InvalidArgumentError(
+                f"keep_last must be a non-negative integer, got {keep_last!r}"
+            )
+        infos = await self._sorted()
+        if per_name:
+            infos.sort(key=lambda i: (i.name or "", -i.created_at))
+            groups: list[Infos] = [[*g] for _, g in groupby(infos, key=lambda i: i.name or "")]
+        else:
+            groups = [infos]
+        doomed = [info.id for group in groups for info in group[keep_last:]]
+        for snapshot_id in doomed:
+            await self._store.delete(snapshot_id)
+        return doomed
+
+    async def files(self, snapshot_id: str) -> Entries:
+        """The snapshot's file index, in stream order."""
+        return await self._store.index(snapshot_id)
+
+    async def diff(self, old_id: str, new_id: str) -> SnapshotDiff:
+        """Files added, removed and changed from snapshot ``old_id`` to ``new_id``."""
+        return diff_indexes(await self._store.index(old_id), await self._store.index(new_id))
+
+    def export(self, snapshot_id: str) -> AbstractAsyncContextManager[TarReader]:
+        """The snapshot as a plain tar stream, verified as it is read."""
+        return self._store.open(snapshot_id)
+
+    async def import_tar(
+        self,
+        tar: AsyncIterator[bytes],
+        *,
+        dir: str,
+        name: str | None = None,
+        image: str = "",
+        ttl: float | None = None,
+    ) -> DirectorySnapshot:
+        """Store a tar stream as a snapshot of ``dir``; unsafe members store nothing.
+
+        ``image`` is only needed by Docker-backed stores (their helper's image).
+        """
+        record = DirectorySnapshot(id=new_snapshot_id(), size=0, dir=dir, name=name)
+        source = SnapshotSource(container="", image=image)
+        info = await self._store.save(record, checked_tar(tar), source=source, ttl=ttl)
+        return info.snapshot
+
+    async def _sorted(self) -> Infos:
+        return sorted(await self._store.list(), key=lambda i: (i.created_at, i.id), reverse=True)

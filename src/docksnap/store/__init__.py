@@ -1,0 +1,62 @@
+"""Snapshot stores, and the one function that turns a store URL into a store.
+
+``file:///path`` (default ``$XDG_DATA_HOME/docksnap``) and ``s3://bucket/prefix``
+select the content-addressed store over that backend; ``docker-volume:`` the
+seed's one-volume-per-snapshot store.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from docksnap.docker import DockerClient
+from docksnap.errors import InvalidArgumentError
+from docksnap.store.base import SnapshotInfo, SnapshotSource, SnapshotStore, TarReader
+
+__all__ = [
+    "SnapshotInfo",
+    "SnapshotSource",
+    "SnapshotStore",
+    "TarReader",
+    "default_store_url",
+    "open_store",
+]
+
+
+def default_store_url(env: Mapping[str, str] | None = None) -> str:
+    """``DOCKSNAP_STORE``, else ``file://`` under ``$XDG_DATA_HOME`` (``~/.local/share``)."""
+    env = os.environ if env is None else env
+    if env.get("DOCKSNAP_STORE"):
+        return env["DOCKSNAP_STORE"]
+    data_home = env.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return Path(data_home, "docksnap").absolute().as_uri()
+
+
+def open_store(
+    url: str, *, docker: DockerClient, extra_labels: Mapping[str, str] | None = None
+) -> SnapshotStore:
+    """The store at ``url``. No I/O happens until the store is first used."""
+    scheme = urlsplit(url).scheme
+    if scheme == "file":
+        from docksnap.store.chunked import ChunkedStore
+        from docksnap.store.local import LocalObjectStore
+
+        path = unquote(urlsplit(url).path)
+        if not path.startswith("/"):
+            raise InvalidArgumentError(f"store URL must name an absolute path: {url!r}")
+        return ChunkedStore(LocalObjectStore(Path(path)))
+    if scheme == "s3":
+        from docksnap.store.chunked import ChunkedStore
+        from docksnap.store.s3 import S3ObjectStore
+
+        return ChunkedStore(S3ObjectStore.from_url(url))
+    if scheme == "docker-volume":
+        from docksnap.store.volume import VolumeStore
+
+        return VolumeStore(docker, extra_labels=dict(extra_labels or {}))
+    raise InvalidArgumentError(
+        f"unknown store URL {url!r}: use file:///path, s3://bucket[/prefix] or docker-volume:"
+    )

@@ -1,0 +1,205 @@
+"""The contract every snapshot store keeps, and the records it returns.
+
+The service layer talks to stores only through :class:`SnapshotStore`. A store
+receives a directory as a tar stream and gives it back as a tar stream; how it
+keeps the bytes in between (content-addressed chunks, a Docker volume) is its
+own business. The conformance suite in ``tests/conformance`` holds every store
+to this contract.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from docksnap.model import DirectorySnapshot
+from docksnap.tarstream import TarEntry
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotSource:
+    """Where a snapshot came from: the container's name and the image it ran."""
+
+    container: str
+    image: str
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotInfo:
+    """A catalogue entry: the portable record plus what the store knows about it.
+
+    ``created_at`` and ``last_used_at`` are Unix seconds; ``ttl`` is seconds of
+    disuse after which :meth:`docksnap.Catalogue.expire` deletes the snapshot.
+    """
+
+    snapshot: DirectorySnapshot
+    created_at: float
+    last_used_at: float
+    source: SnapshotSource | None = None
+    ttl: float | None = None
+
+    @property
+    def id(self) -> str:
+        return self.snapshot.id
+
+    @property
+    def name(self) -> str | None:
+        return self.snapshot.name
+
+    @property
+    def dir(self) -> str:
+        return self.snapshot.dir
+
+    @property
+    def size(self) -> int:
+        return self.snapshot.size
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing verification found wrong: which snapshot, which object, what."""
+
+    snapshot_id: str | None
+    object: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyReport:
+    """Result of :meth:`SnapshotStore.verify`; ``ok`` when nothing is wrong."""
+
+    snapshots_checked: int
+    objects_checked: int
+    bytes_checked: int
+    problems: tuple[Problem, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+@dataclass(frozen=True, slots=True)
+class GcReport:
+    """Result of :meth:`SnapshotStore.gc`."""
+
+    objects_deleted: int
+    bytes_deleted: int
+    objects_kept_young: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStats:
+    """Totals of a store. Ratios are 1.0 when the store does not compress or share."""
+
+    snapshots: int
+    logical_bytes: int
+    stored_bytes: int
+    chunks: int = 0
+    dedup_ratio: float = 1.0
+    compression_ratio: float = 1.0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+class TarReader(Protocol):
+    """A snapshot's tar stream being read back.
+
+    Iterating yields the stream in order; every byte has been verified before it
+    is yielded. Iteration raises :class:`~docksnap.errors.SnapshotCorruptError`
+    when stored data fails verification.
+    """
+
+    @property
+    def size(self) -> int: ...
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+
+class SnapshotStore(Protocol):
+    """Keeps snapshots. All methods are safe to call concurrently.
+
+    Stores that need Docker to read or write (the volume store) receive an image
+    to create their helper containers from; the others ignore it.
+    """
+
+    @property
+    def url(self) -> str:
+        """Where the store lives, e.g. ``file:///var/lib/docksnap``."""
+        ...
+
+    async def save(
+        self,
+        snapshot: DirectorySnapshot,
+        tar: AsyncIterator[bytes],
+        *,
+        source: SnapshotSource,
+        ttl: float | None = None,
+    ) -> SnapshotInfo:
+        """Store ``tar`` under ``snapshot.id``; return the committed record.
+
+        Atomic: when this returns, the snapshot is complete and visible; if it
+        raises (including when ``tar`` raises, e.g. on a size limit) nothing is
+        visible and only orphan data that :meth:`gc` reclaims may remain. The
+        returned record's ``size`` is the stream's byte length. Not idempotent:
+        saving an id that exists raises :class:`~docksnap.errors.StoreError`.
+        """
+        ...
+
+    def open(
+        self, snapshot_id: str, *, image: str | None = None
+    ) -> AbstractAsyncContextManager[TarReader]:
+        """Read a snapshot's tar stream back, verified.
+
+        Entering raises :class:`~docksnap.errors.SnapshotNotFoundError` for an
+        unknown id. Read-only and idempotent; reading refreshes nothing (the
+        caller decides whether a read counts as use, see :meth:`touch`).
+        ``image`` is the image a Docker-backed store makes its helper from;
+        ``None`` means the snapshot's source image.
+        """
+        ...
+
+    async def index(self, snapshot_id: str) -> list[TarEntry]:
+        """The snapshot's tar entries in stream order (path, type, mode, owner, size …)."""
+        ...
+
+    async def get(self, snapshot_id: str) -> SnapshotInfo:
+        """The record of one snapshot, or :class:`~docksnap.errors.SnapshotNotFoundError`."""
+        ...
+
+    async def list(self) -> list[SnapshotInfo]:
+        """Every committed snapshot, in no particular order."""
+        ...
+
+    async def delete(self, snapshot_id: str) -> None:
+        """Remove a snapshot's record; its data goes at the next :meth:`gc`.
+
+        Raises :class:`~docksnap.errors.SnapshotNotFoundError` for an unknown id.
+        """
+        ...
+
+    async def touch(self, snapshot_id: str, when: float) -> None:
+        """Record a use (a restore) at ``when``; a TTL counts from the last use."""
+        ...
+
+    async def verify(
+        self, snapshot_id: str | None = None, *, read_data: bool = True
+    ) -> VerifyReport:
+        """Check one or all snapshots; with ``read_data`` every stored byte is re-hashed."""
+        ...
+
+    async def gc(self, *, grace: float) -> GcReport:
+        """Delete data no snapshot references and older than ``grace`` seconds.
+
+        Safe beside concurrent writers: a snapshot being written references data
+        younger than the grace period, which is never deleted.
+        """
+        ...
+
+    async def stats(self) -> StoreStats:
+        """Totals over the whole store."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections and threads; idempotent."""
+        ...

@@ -1,0 +1,12 @@
+"""The content-addressed snapshot store (docksnap's default), over any object store.
+
+:class:`ChunkedStore` implements :class:`~docksnap.store.base.SnapshotStore`; the
+format it writes is in ``docs/FORMAT.md`` and :mod:`.format`.
+"""
+
+from __future__ import annotations
+
+from docksnap.store.chunked.format import ChunkerParams, StoreConfig
+from docksnap.store.chunked.store import ChunkedStore
+
+__all__ = ["ChunkedStore", "ChunkerParams", "StoreConfig"]

@@ -1,0 +1,167 @@
+"""Verification: re-read what the manifests promise and report every discrepancy.
+
+Unlike a read, verification does not stop at the first bad chunk: it reports each
+one as a :class:`~docksnap.store.base.Problem` naming the snapshot and the chunk.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import blake3
+
+from docksnap.errors import SnapshotCorruptError, SnapshotNotFoundError, StoreError
+from docksnap.store.base import Problem, VerifyReport
+from docksnap.store.chunked.format import (
+    ChunkDecodeError,
+    ChunkRef,
+    Manifest,
+    TarIndex,
+    chunk_key,
+    decode_record,
+    hash_hex,
+    open_record,
+    trash_key,
+)
+from docksnap.store.chunked.reader import PIECE_SIZE, READ_AHEAD, ChunkFetcher, group_chunks
+from docksnap.store.objects import ObjectNotFoundError, ObjectStore
+
+_Checked = list[tuple[ChunkRef, bytes | memoryview | None, str | None]]
+
+
+@dataclass(slots=True)
+class _Tally:
+    snapshots: int = 0
+    objects: int = 0
+    nbytes: int = 0
+    problems: list[Problem] = field(default_factory=list)
+
+    def report(self) -> VerifyReport:
+        return VerifyReport(
+            snapshots_checked=self.snapshots,
+            objects_checked=self.objects,
+            bytes_checked=self.nbytes,
+            problems=tuple(self.problems),
+        )
+
+
+class Verifier:
+    """Checks manifests, their indexes and chunks. Runs on a control thread."""
+
+    def __init__(
+        self,
+        objects: ObjectStore,
+        io_pool: ThreadPoolExecutor,
+        load_manifest: Callable[[str], Manifest],
+    ) -> None:
+        self._objects = objects
+        self._io = io_pool
+        self._load = load_manifest
+
+    def run(self, snapshot_ids: Iterable[str], *, read_data: bool) -> VerifyReport:
+        tally = _Tally()
+        for snapshot_id in snapshot_ids:
+            manifest = self._manifest_or_problem(snapshot_id, tally)
+            if manifest is None:
+                continue
+            tally.snapshots += 1
+            self._check_index(manifest, read_data, tally)
+            if read_data:
+                self._read_stream(manifest, tally)
+            else:
+                self._check_presence(manifest, tally)
+        return tally.report()
+
+    def _manifest_or_problem(self, snapshot_id: str, tally: _Tally) -> Manifest | None:
+        try:
+            return self._load(snapshot_id)
+        except SnapshotNotFoundError:
+            return None  # deleted since it was listed
+        except (SnapshotCorruptError, StoreError) as exc:
+            detail = exc.detail if isinstance(exc, SnapshotCorruptError) else str(exc)
+            tally.problems.append(Problem(snapshot_id, f"manifests/{snapshot_id}", detail))
+            return None
+
+    def _check_index(self, manifest: Manifest, read_data: bool, tally: _Tally) -> None:
+        ref = manifest.index
+        if ref is None:
+            return
+        tally.objects += 1
+        try:
+            if not read_data:
+                if not self._objects.exists(ref.key):
+                    tally.problems.append(Problem(manifest.id, ref.key, "index is missing"))
+                return
+            stored = self._objects.get(ref.key)
+        except ObjectNotFoundError:
+            tally.problems.append(Problem(manifest.id, ref.key, "index is missing"))
+            return
+        detail = _index_problem(stored, manifest)
+        if detail:
+            tally.problems.append(Problem(manifest.id, ref.key, detail))
+
+    def _check_presence(self, manifest: Manifest, tally: _Tally) -> None:
+        unique = sorted({ref.hash for ref in manifest.chunks})
+        for digest, present in zip(unique, self._io.map(self._present, unique), strict=True):
+            tally.objects += 1
+            if not present:
+                detail = f"chunk {digest} is missing (neither {chunk_key(digest)} nor trash)"
+                tally.problems.append(Problem(manifest.id, digest, detail))
+
+    def _present(self, digest: str) -> bool:
+        return self._objects.exists(chunk_key(digest)) or self._objects.exists(trash_key(digest))
+
+    def _read_stream(self, manifest: Manifest, tally: _Tally) -> None:
+        """Fetch every chunk in order (prefetched), hashing the whole stream too."""
+        fetcher = ChunkFetcher(self._objects, manifest.id)
+        stream = blake3.blake3()
+        intact = True
+        window: deque[Future[_Checked]] = deque()
+        groups = group_chunks(manifest.chunks, PIECE_SIZE)
+        while True:
+            while len(window) < READ_AHEAD and (group := next(groups, None)) is not None:
+                window.append(self._io.submit(_check_group, fetcher, group))
+            if not window:
+                break
+            for ref, data, problem in window.popleft().result():
+                tally.objects += 1
+                if data is None:
+                    intact = False
+                    tally.problems.append(Problem(manifest.id, ref.hash, problem or "unreadable"))
+                    continue
+                tally.nbytes += len(data)
+                if intact:
+                    stream.update(data)
+        actual = f"blake3:{stream.hexdigest()}"
+        if intact and actual != manifest.digest:
+            detail = f"whole-stream digest is {actual}, manifest says {manifest.digest}"
+            tally.problems.append(Problem(manifest.id, "stream", detail))
+
+
+def _check_group(fetcher: ChunkFetcher, refs: Sequence[ChunkRef]) -> _Checked:
+    checked: _Checked = []
+    for ref in refs:
+        try:
+            checked.append((ref, fetcher.fetch(ref), None))
+        except SnapshotCorruptError as exc:
+            checked.append((ref, None, exc.detail))
+    return checked
+
+
+def _index_problem(stored: bytes, manifest: Manifest) -> str | None:
+    ref = manifest.index
+    if ref is None:
+        return None
+    actual = f"blake3:{hash_hex(stored)}"
+    if actual != ref.digest:
+        return f"index hashes to {actual}, manifest says {ref.digest}"
+    try:
+        index = decode_record(open_record(stored), TarIndex)
+    except ChunkDecodeError as exc:
+        return f"index is unreadable: {exc}"
+    if index.snapshot_id != manifest.id or len(index.entries) != ref.entries:
+        return "index does not match its manifest (id or entry count)"
+    return None

@@ -1,0 +1,295 @@
+"""The seed's store: one Docker volume per snapshot (workerd #6337's local design).
+
+Layout, per snapshot id:
+
+* ``docksnap-snap-<id>`` holds the directory's contents, without a wrapper
+  directory, labelled with docksnap's labels and its creation time. It is
+  written and read through a helper container that is never started.
+* ``docksnap-snap-<id>-meta`` is an empty volume whose labels hold the record
+  (size, dir, name, source). It is created last and is the commit point: Docker
+  creates a volume atomically, so a snapshot is visible exactly when its meta
+  volume exists. The seed has no such marker, so a crash mid-copy leaves a
+  half-filled volume that looks complete; here it stays invisible and
+  :meth:`VolumeStore.gc` removes it.
+
+Volume labels cannot change after creation, so this store keeps no last-use
+time: a TTL counts from creation. Verification can only check that both
+volumes exist; use the content-addressed store for data you must trust.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from docksnap import labels as lbl
+from docksnap.docker import DockerClient, helper_container
+from docksnap.docker.helpers import HELPER_MOUNT
+from docksnap.errors import DockerError, SnapshotNotFoundError, StoreError
+from docksnap.model import DirectorySnapshot, is_snapshot_id
+from docksnap.store.base import (
+    GcReport,
+    Problem,
+    SnapshotInfo,
+    SnapshotSource,
+    StoreStats,
+    TarReader,
+    VerifyReport,
+)
+from docksnap.tarstream import TarEntry, TarIndexer
+
+log = logging.getLogger(__name__)
+
+VOLUME_PREFIX = "docksnap-snap-"
+STALE_AGE = 30 * 24 * 3600
+_SIZE = lbl.PREFIX + "size"
+_DIR = lbl.PREFIX + "dir"
+_NAME = lbl.PREFIX + "name"
+_SOURCE_CONTAINER = lbl.PREFIX + "source-container"
+_SOURCE_IMAGE = lbl.PREFIX + "source-image"
+_TTL = lbl.PREFIX + "ttl"
+_META = lbl.PREFIX + "meta"
+
+_stale_check_done = False
+
+
+def data_volume(snapshot_id: str) -> str:
+    return f"{VOLUME_PREFIX}{snapshot_id}"
+
+
+def meta_volume(snapshot_id: str) -> str:
+    return f"{VOLUME_PREFIX}{snapshot_id}-meta"
+
+
+@dataclass(frozen=True, slots=True)
+class _VolumeReader:
+    size: int
+    chunks: AsyncIterator[bytes]
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self.chunks
+
+
+class VolumeStore:
+    """Snapshots as Docker volumes on one engine (``docker-volume:``)."""
+
+    def __init__(self, docker: DockerClient, *, extra_labels: dict[str, str] | None = None) -> None:
+        self._docker = docker
+        self._extra = dict(extra_labels or {})
+
+    @property
+    def url(self) -> str:
+        return "docker-volume:"
+
+    async def save(
+        self,
+        snapshot: DirectorySnapshot,
+        tar: AsyncIterator[bytes],
+        *,
+        source: SnapshotSource,
+        ttl: float | None = None,
+    ) -> SnapshotInfo:
+        await self._warn_about_stale_volumes_once()
+        created_at = float(int(time.time()))  # labels keep whole seconds, as the seed does
+        data = data_volume(snapshot.id)
+        if await self._docker.inspect_volume(data) is not None:
+            raise StoreError(self.url, f"snapshot {snapshot.id} already exists")
+        await self._docker.create_volume(data, self._labels(snapshot.id, created_at))
+        try:
+            size = await self._fill(data, source.image, tar)
+            record = DirectorySnapshot(
+                id=snapshot.id,
+                size=size,
+                dir=snapshot.dir,
+                name=snapshot.name,
+                created_at=created_at,
+            )
+            await self._docker.create_volume(
+                meta_volume(snapshot.id), self._meta_labels(record, source, ttl)
+            )
+        except BaseException:
+            # Roll back: the data volume without its meta is invisible anyway, but
+            # leaving it would leak disk until the next gc.
+            await asyncio.shield(self._remove_quietly(data))
+            raise
+        return SnapshotInfo(record, created_at, created_at, source, ttl)
+
+    async def _fill(self, volume: str, image: str, tar: AsyncIterator[bytes]) -> int:
+        counted = _Counter(tar)
+        labels = lbl.make_labels(lbl.Role.HELPER, self._extra)
+        async with helper_container(self._docker, image, volume, labels) as helper:
+            await self._docker.put_archive(helper, HELPER_MOUNT, counted)
+        return counted.total
+
+    @contextlib.asynccontextmanager
+    async def open(self, snapshot_id: str, *, image: str | None = None) -> AsyncIterator[TarReader]:
+        info = await self.get(snapshot_id)
+        helper_image = image or (info.source.image if info.source else "")
+        labels = lbl.make_labels(lbl.Role.HELPER, self._extra)
+        async with (
+            helper_container(
+                self._docker, helper_image, data_volume(snapshot_id), labels
+            ) as helper,
+            self._docker.get_archive(helper, HELPER_MOUNT + "/.") as archive,
+        ):
+            yield _VolumeReader(info.size, archive.chunks)
+
+    async def index(self, snapshot_id: str) -> list[TarEntry]:
+        """Read the whole stream through the header reader: volumes keep no index."""
+        indexer = TarIndexer()
+        async with self.open(snapshot_id) as reader:
+            async for piece in reader:
+                indexer.feed(piece)
+        return indexer.finish()
+
+    async def get(self, snapshot_id: str) -> SnapshotInfo:
+        if not is_snapshot_id(snapshot_id):
+            raise SnapshotNotFoundError(snapshot_id, self.url)
+        meta = await self._docker.inspect_volume(meta_volume(snapshot_id))
+        if meta is None:
+            raise SnapshotNotFoundError(snapshot_id, self.url)
+        return _info_from_labels(meta.get("Labels") or {})
+
+    async def list(self) -> list[SnapshotInfo]:
+        metas = await self._docker.list_volumes({_META: "true", lbl.MANAGED: "true"})
+        return [_info_from_labels(v.get("Labels") or {}) for v in metas]
+
+    async def delete(self, snapshot_id: str) -> None:
+        await self.get(snapshot_id)
+        # Meta first: the snapshot disappears atomically, then its data goes.
+        await self._docker.remove_volume(meta_volume(snapshot_id))
+        await self._docker.remove_volume(data_volume(snapshot_id))
+
+    async def touch(self, snapshot_id: str, when: float) -> None:
+        """No-op: volume labels are immutable, so a TTL here counts from creation."""
+
+    async def verify(
+        self, snapshot_id: str | None = None, *, read_data: bool = True
+    ) -> VerifyReport:
+        infos = [await self.get(snapshot_id)] if snapshot_id else await self.list()
+        problems = [
+            Problem(info.id, data_volume(info.id), "data volume is missing")
+            for info in infos
+            if await self._docker.inspect_volume(data_volume(info.id)) is None
+        ]
+        return VerifyReport(len(infos), len(infos), 0, tuple(problems))
+
+    async def gc(self, *, grace: float) -> GcReport:
+        """Remove data volumes whose meta volume never appeared and that are older than grace."""
+        committed = {info.id for info in await self.list()}
+        cutoff = time.time() - grace
+        deleted = kept = 0
+        for volume in await self._docker.list_volumes({lbl.ROLE: str(lbl.Role.SNAPSHOT)}):
+            labels = volume.get("Labels") or {}
+            snapshot_id = labels.get(lbl.SNAPSHOT_ID, "")
+            if labels.get(_META) == "true" or snapshot_id in committed:
+                continue
+            if _created_at(labels) > cutoff:
+                kept += 1
+                continue
+            with contextlib.suppress(DockerError):  # in use by a writer's helper: next time
+                await self._docker.remove_volume(volume["Name"])
+                deleted += 1
+        return GcReport(deleted, 0, kept)
+
+    async def stats(self) -> StoreStats:
+        infos = await self.list()
+        total = sum(info.size for info in infos)
+        return StoreStats(snapshots=len(infos), logical_bytes=total, stored_bytes=total)
+
+    async def close(self) -> None:
+        """Nothing to release: the Docker client belongs to the caller."""
+
+    # -- internals ----------------------------------------------------------------
+
+    def _labels(self, snapshot_id: str, created_at: float) -> dict[str, str]:
+        return lbl.make_labels(
+            lbl.Role.SNAPSHOT,
+            self._extra,
+            {lbl.SNAPSHOT_ID: snapshot_id, lbl.CREATED_AT: str(int(created_at))},
+        )
+
+    def _meta_labels(
+        self, record: DirectorySnapshot, source: SnapshotSource, ttl: float | None
+    ) -> dict[str, str]:
+        labels = self._labels(record.id, record.created_at or time.time())
+        labels.update(
+            {
+                _META: "true",
+                _SIZE: str(record.size),
+                _DIR: record.dir,
+                _SOURCE_CONTAINER: source.container,
+                _SOURCE_IMAGE: source.image,
+            }
+        )
+        if record.name is not None:
+            labels[_NAME] = record.name
+        if ttl is not None:
+            labels[_TTL] = repr(float(ttl))
+        return labels
+
+    async def _remove_quietly(self, volume: str) -> None:
+        with contextlib.suppress(DockerError):
+            await self._docker.remove_volume(volume)
+
+    async def _warn_about_stale_volumes_once(self) -> None:
+        """Once per process, log (never delete) snapshot volumes 30 or more days old."""
+        global _stale_check_done
+        if _stale_check_done:
+            return
+        _stale_check_done = True
+        try:
+            stale = [
+                volume["Name"]
+                for volume in await self._docker.list_volumes({_META: "true"})
+                if time.time() - _created_at(volume.get("Labels") or {}) >= STALE_AGE
+            ]
+        except DockerError as exc:
+            log.warning("failed to inspect snapshot volumes for staleness: %s", exc)
+            return
+        if stale:
+            log.warning(
+                "the following snapshot volumes were created 30+ days ago and may be stale: %s",
+                ", ".join(sorted(stale)),
+            )
+
+
+class _Counter:
+    """Passes a byte stream through and counts it."""
+
+    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
+        self._chunks = chunks
+        self.total = 0
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[bytes]:
+        async for piece in self._chunks:
+            self.total += len(piece)
+            yield piece
+
+
+def _created_at(labels: dict[str, str]) -> float:
+    try:
+        return float(labels.get(lbl.CREATED_AT, ""))
+    except ValueError:
+        return float("inf")  # unparseable: treat as new, never delete or warn
+
+
+def _info_from_labels(labels: dict[str, str]) -> SnapshotInfo:
+    created_at = _created_at(labels)
+    record = DirectorySnapshot(
+        id=labels[lbl.SNAPSHOT_ID],
+        size=int(labels[_SIZE]),
+        dir=labels[_DIR],
+        name=labels.get(_NAME),
+        created_at=created_at,
+    )
+    source = SnapshotSource(labels.get(_SOURCE_CONTAINER, ""), labels.get(_SOURCE_IMAGE, ""))
+    ttl = float(labels[_TTL]) if _TTL in labels else None
+    return SnapshotInfo(record, created_at, created_at, source, ttl)

@@ -1,0 +1,48 @@
+"""Errors raised by :mod:`docksnap.tarstream`.
+
+``TarError`` is the root of this package's errors. Each class takes the fields that
+identify the problem (an ``offset`` in the stream or a member ``path``) plus a
+``reason``; the message names both, so a log line alone says what was wrong and where.
+"""
+
+from __future__ import annotations
+
+
+class TarError(Exception):
+    """Root of every error raised by :mod:`docksnap.tarstream`."""
+
+
+class TarFormatError(TarError, ValueError):
+    """The byte stream is not a well-formed tar archive at ``offset``."""
+
+    def __init__(self, offset: int, reason: str) -> None:
+        super().__init__(f"malformed tar stream at offset {offset}: {reason}")
+        self.offset = offset
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[type[TarFormatError], tuple[int, str]]:
+        return type(self), (self.offset, self.reason)
+
+
+class TarLimitError(TarError):
+    """The stream exceeds a configured limit at ``offset`` (entry count, record size)."""
+
+    def __init__(self, offset: int, reason: str) -> None:
+        super().__init__(f"tar stream exceeds a limit at offset {offset}: {reason}")
+        self.offset = offset
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[type[TarLimitError], tuple[int, str]]:
+        return type(self), (self.offset, self.reason)
+
+
+class UnsafeArchiveError(TarError, ValueError):
+    """The member ``path`` could write outside its directory, or is a device file."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"unsafe tar member {path!r}: {reason}")
+        self.path = path
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[type[UnsafeArchiveError], tuple[str, str]]:
+        return type(self), (self.path, self.reason)

@@ -1,0 +1,107 @@
+"""Decide whether a tar member is safe to extract under a directory.
+
+Symlink *targets* are not checked: they are data, and restores extract through
+Docker's archive API, which resolves every member path inside the container's root
+(chrooted), so an absolute or climbing symlink target cannot reach the host. What can
+still go wrong inside the container is an archive that writes *through* a symlink it
+created itself (``evil -> /etc`` then ``evil/passwd``); :class:`TarSafetyChecker`
+catches that, which needs the history of the archive, not one member.
+"""
+
+from __future__ import annotations
+
+from .entry import TarEntry
+from .errors import UnsafeArchiveError
+
+_DEVICE_TYPES = frozenset({"char", "block", "fifo"})
+
+
+def check_member_safe(entry: TarEntry, *, allow_devices: bool = False) -> None:
+    """Raise :class:`UnsafeArchiveError` unless ``entry`` stays inside the archive root.
+
+    Rejected: an empty path, NUL in the path or link, an absolute path, a path whose
+    ".." components climb above the root (checked lexically: "a/../b" and even "a/.."
+    are accepted, "../x" and "a/../../x" are not), a member resolving to the root that
+    is not a directory, char/block devices and fifos unless ``allow_devices``, and a
+    hardlink whose target is empty, absolute, climbs out, or is the root. Symlink
+    targets may be absolute or climb: see the module docstring.
+    """
+    path = entry.path
+    _check_path(path, path, "path")
+    if _components(path) == [] and entry.type != "dir":
+        raise UnsafeArchiveError(path, f"{entry.type} member replaces the archive root")
+    if entry.type in _DEVICE_TYPES and not allow_devices:
+        raise UnsafeArchiveError(path, f"{entry.type} members are not allowed")
+    if "\x00" in entry.link:
+        raise UnsafeArchiveError(path, f"NUL in link target {entry.link!r}")
+    if entry.type == "hardlink":
+        _check_path(entry.link, path, "hardlink target")
+        if _components(entry.link) == []:
+            raise UnsafeArchiveError(path, "hardlink to the archive root")
+
+
+class TarSafetyChecker:
+    """Check the members of one archive in stream order, remembering its symlinks.
+
+    On top of :func:`check_member_safe`, rejects a member whose path, or hardlink
+    target, goes through a symlink created earlier in the same archive. Once a path
+    was a symlink it stays suspect even if a later member replaces it: a legitimate
+    archive (one per ``docker cp``) has each path once, so this costs nothing real.
+    A hardlink to such a symlink is itself a symlink (link(2) does not follow it), so
+    it is remembered too. Paths are compared after lexical normalization, but a
+    ".." after a symlink counts as going through it, as the kernel resolves it.
+    """
+
+    def __init__(self, *, allow_devices: bool = False) -> None:
+        self._allow_devices = allow_devices
+        self._symlinks: set[str] = set()
+
+    def check(self, entry: TarEntry) -> None:
+        """Raise :class:`UnsafeArchiveError` if ``entry`` is unsafe given earlier ones."""
+        check_member_safe(entry, allow_devices=self._allow_devices)
+        resolved = self._resolve(entry.path, entry.path, "path")
+        if entry.type == "symlink":
+            self._symlinks.add(resolved)
+        elif entry.type == "hardlink":
+            target = self._resolve(entry.link, entry.path, "hardlink target")
+            if target in self._symlinks:
+                self._symlinks.add(resolved)
+
+    def _resolve(self, path: str, member: str, what: str) -> str:
+        prefixes: list[str] = []
+        for part in path.split("/"):
+            if part in ("", "."):
+                continue
+            if prefixes and prefixes[-1] in self._symlinks:
+                raise UnsafeArchiveError(
+                    member, f"{what} {path!r} goes through symlink {prefixes[-1]!r}"
+                )
+            if part == "..":
+                prefixes.pop()
+            else:
+                prefixes.append(f"{prefixes[-1]}/{part}" if prefixes else part)
+        return prefixes[-1] if prefixes else "."
+
+
+def _check_path(path: str, member: str, what: str) -> None:
+    if not path:
+        raise UnsafeArchiveError(member, f"empty {what}")
+    if "\x00" in path:
+        raise UnsafeArchiveError(member, f"NUL in {what} {path!r}")
+    if path.startswith("/"):
+        raise UnsafeArchiveError(member, f"absolute {what} {path!r}")
+    if _components(path) is None:
+        raise UnsafeArchiveError(member, f"{what} {path!r} climbs out of the archive root")
+
+
+def _components(path: str) -> list[str] | None:
+    """Return the lexically normalized components of ``path``, None if it climbs out."""
+    stack: list[str] = []
+    for part in path.split("/"):
+        if part == "..":
+            if not stack:
+                return None
+            stack.pop()
+        elif part not in ("", "."):
+            stack.append(part)
+    return stack

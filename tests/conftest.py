@@ -1,0 +1,131 @@
+"""Shared fixtures: a real Docker engine, per-session labels, and a leak check.
+
+Tests of Docker behaviour need a real engine; `scripts/test` brings one up.
+Without one they fail rather than skip, so that CI can never pass by testing
+nothing (set DOCKSNAP_ALLOW_SKIP=1 to skip them on a laptop without Docker).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import subprocess
+import tarfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+import docksnap
+from docksnap.docker import DockerClient
+from docksnap.errors import DockerError, DockerUnavailableError
+
+TEST_IMAGE = "docksnap-test:latest"
+ALT_IMAGE = "docksnap-test-alt:latest"
+SESSION_LABEL = "docksnap-test.session"
+SESSION_ID = uuid.uuid4().hex[:12]
+SESSION_LABELS = {SESSION_LABEL: SESSION_ID}
+
+
+def _engine_answers() -> str | None:
+    async def ping() -> None:
+        docker = DockerClient()
+        try:
+            await docker.ping()
+        finally:
+            await docker.aclose()
+
+    try:
+        asyncio.run(ping())
+    except DockerUnavailableError as exc:
+        return str(exc)
+    return None
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> None:
+    """A real Docker engine answers at DOCKER_HOST (or the default socket)."""
+    problem = _engine_answers()
+    if problem is None:
+        return
+    if os.environ.get("DOCKSNAP_ALLOW_SKIP"):
+        pytest.skip(problem)
+    pytest.fail(f"{problem}; run the tests with scripts/test, which starts an engine")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leaks() -> Iterator[None]:
+    """After the whole session, nothing this session created is left on the engine."""
+    yield
+    if _engine_answers() is not None:
+        return
+    leftovers = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label={SESSION_LABEL}={SESSION_ID}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    volumes = subprocess.run(
+        ["docker", "volume", "ls", "-q", "--filter", f"label={SESSION_LABEL}={SESSION_ID}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert not leftovers, f"containers leaked by the tests: {leftovers}"
+    assert not volumes, f"volumes leaked by the tests: {volumes}"
+
+
+def unique_name(prefix: str = "ds-test") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(params=["chunked", "volume"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each store docksnap ships, on this engine: the default and the seed's."""
+    return (tmp_path / "store").as_uri() if request.param == "chunked" else "docker-volume:"
+
+
+@pytest.fixture
+async def client(docker_engine: None, store_url: str) -> AsyncIterator[docksnap.Client]:
+    """A client on the real engine whose every resource carries this session's label.
+
+    Snapshots the test made are deleted afterwards (the volume store keeps them
+    in Docker volumes, which would otherwise outlive the test).
+    """
+    async with docksnap.Client(store=store_url, labels=SESSION_LABELS) as client:
+        try:
+            yield client
+        finally:
+            async for info in client.snapshots.list():
+                await client.snapshots.delete(info.id)
+            await client.snapshots.gc(grace=0)
+
+
+@pytest.fixture
+async def containers(client: docksnap.Client) -> AsyncIterator[list[docksnap.Container]]:
+    """Append containers here; each is destroyed after the test."""
+    made: list[docksnap.Container] = []
+    yield made
+    for box in made:
+        await box.destroy()
+
+
+async def read_file(client: docksnap.Client, container: str, path: str) -> bytes | None:
+    """A file's bytes from a container (running or not), or None if it does not exist."""
+    try:
+        async with client.docker.get_archive(container, path) as archive:
+            data = b"".join([piece async for piece in archive.chunks])
+    except DockerError as exc:
+        if exc.status == 404:
+            return None
+        raise
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        member = tar.extractfile(tar.getmembers()[0])
+        return member.read() if member else None
+
+
+def sleeper(script: str = "") -> list[str]:
+    """An entrypoint that runs ``script`` and then stays up."""
+    return ["sh", "-c", f"{script}\nexec sleep 1000"] if script else ["sleep", "1000"]
