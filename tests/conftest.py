@@ -14,6 +14,7 @@ import subprocess
 import tarfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ import pytest
 import docksnap
 from docksnap.docker import DockerClient
 from docksnap.errors import DockerError, DockerUnavailableError
+from tests.s3support import S3Server, session_bucket
 
 TEST_IMAGE = "docksnap-test:latest"
 ALT_IMAGE = "docksnap-test-alt:latest"
@@ -38,7 +40,9 @@ def _engine_answers() -> str | None:
             await docker.aclose()
 
     try:
-        asyncio.run(ping())
+        # In a thread of its own: this may be first asked for inside a running loop.
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, ping()).result()
     except DockerUnavailableError as exc:
         return str(exc)
     return None
@@ -77,6 +81,23 @@ def no_leaks() -> Iterator[None]:
     assert not volumes, f"volumes leaked by the tests: {volumes}"
 
 
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """The real S3 server `scripts/test` started, with a bucket for this session.
+
+    Fails without one (skips with DOCKSNAP_ALLOW_SKIP=1), like `docker_engine`.
+    """
+    with session_bucket() as server:
+        yield server
+
+
+@pytest.fixture
+def s3_prefix(s3_server: S3Server) -> Iterator[str]:
+    """A fresh key prefix in the session bucket, emptied after the test."""
+    with s3_server.scratch() as prefix:
+        yield prefix
+
+
 def unique_name(prefix: str = "ds-test") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
@@ -98,9 +119,18 @@ async def client(docker_engine: None, store_url: str) -> AsyncIterator[docksnap.
         try:
             yield client
         finally:
-            async for info in client.snapshots.list():
-                await client.snapshots.delete(info.id)
-            await client.snapshots.gc(grace=0)
+            if store_url == "docker-volume:":
+                for snapshot_id in await session_volume_snapshots(client.docker):
+                    await client.snapshots.delete(snapshot_id)
+            # A chunked store lives in the test's own tmp_path and goes with it.
+
+
+async def session_volume_snapshots(docker: DockerClient) -> list[str]:
+    """Ids of the volume-store snapshots this session made (never another session's)."""
+    volumes = await docker.list_volumes(
+        {SESSION_LABEL: SESSION_ID, "io.docksnap.meta": "true"}
+    )
+    return [volume["Labels"]["io.docksnap.snapshot-id"] for volume in volumes]
 
 
 @pytest.fixture

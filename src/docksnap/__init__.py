@@ -27,6 +27,7 @@ from docksnap.errors import (
     UnsafeArchiveError,
 )
 from docksnap.model import DirectorySnapshot, SnapshotRestore
+from docksnap.tarstream import TarError, TarFormatError, TarLimitError
 from docksnap.service import Catalogue, Client, Container
 from docksnap.store.base import SnapshotInfo, SnapshotSource
 
@@ -58,6 +59,9 @@ __all__ = [
     "StoreError",
     "StoreFormatError",
     "StoreUnavailableError",
+    "TarError",
+    "TarFormatError",
+    "TarLimitError",
     "UnsafeArchiveError",
     "__version__",
 ]

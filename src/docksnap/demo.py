@@ -65,9 +65,10 @@ async def run_demo(
         with _timed(timings, "snapshot", say):
             snapshot = await first.snapshot_directory(WORKSPACE, name="docksnap-demo")
         say(f"   snapshot {snapshot.id}: {snapshot.size / 1e6:.1f} MB tar stream")
-        with _timed(timings, "docker cp out", say), tempfile.TemporaryDirectory() as tmp:
-            _docker_cp(f"{first.name}:{WORKSPACE}", tmp)
-            with _timed(timings, "docker cp in", say):
+        with tempfile.TemporaryDirectory() as tmp:
+            with _timed(timings, "docker cp out (same directory)", say):
+                _docker_cp(f"{first.name}:{WORKSPACE}", tmp)
+            with _timed(timings, "docker cp in (same directory)", say):
                 _docker_cp(f"{tmp}/workspace", f"{first.name}:/tmp/copied")
         with _timed(timings, "destroy", say):
             await first.destroy()

@@ -18,6 +18,9 @@ already catches ``ValueError`` keeps working::
     ├── SnapshotNotFoundError            (.snapshot_id)
     ├── SnapshotTooLargeError            (.limit)
     ├── SnapshotCorruptError             (.snapshot_id, .detail)
+    ├── TarError                         (docksnap.tarstream)
+    │   ├── TarFormatError (ValueError)  a malformed or truncated tar stream (.offset)
+    │   └── TarLimitError                a tar stream past a configured limit (.offset)
     ├── DockerError                      (.status, .message: the engine's answer)
     ├── DockerUnavailableError           (.address: where the engine was looked for)
     └── StoreError                       (.store: the store's URL)
@@ -30,8 +33,23 @@ Messages name the value that was wrong; the CLI maps each class to an exit code.
 from __future__ import annotations
 
 
+from typing import Any
+
+
 class DocksnapError(Exception):
     """Root of every error docksnap raises on purpose."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Subclasses take their fields, not a message, in __init__, so the default
+        # pickling (calling the class with self.args) would fail; rebuild instead.
+        return _rebuild, (type(self), self.args, self.__dict__)
+
+
+def _rebuild(cls: type[DocksnapError], args: tuple[Any, ...], state: dict[str, Any]) -> Any:
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    error.__dict__.update(state)
+    return error
 
 
 class InvalidArgumentError(DocksnapError, ValueError):

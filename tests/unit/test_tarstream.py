@@ -898,7 +898,7 @@ def test_checker_on_real_archive() -> None:
 
 
 def test_dirs_tar_reads_back() -> None:
-    raw = build_dirs_tar(["a", "b", "c"], mode=0o750, uid=12, gid=34, mtime=1_600_000_000)
+    raw = build_dirs_tar(["a", "a/b", "a/b/c"], mode=0o750, uid=12, gid=34, mtime=1_600_000_000)
     members = tarfile_members(raw)
     assert [(m.name, m.isdir(), m.mode, m.uid, m.gid, m.mtime) for m in members] == [
         (name, True, 0o750, 12, 34, 1_600_000_000) for name in ("a", "a/b", "a/b/c")
@@ -907,10 +907,24 @@ def test_dirs_tar_reads_back() -> None:
     assert [e.path for e in index([raw])] == ["a", "a/b", "a/b/c"]
 
 
+@pytest.mark.parametrize(
+    ("paths", "expected"),
+    [
+        (["a/b/c"], ["a", "a/b", "a/b/c"]),
+        (["a", "a/b", "a/b/c"], ["a", "a/b", "a/b/c"]),
+        (["a/b", "a"], ["a", "a/b"]),
+        (["x", "y/z", "x/w"], ["x", "y", "y/z", "x/w"]),
+        ([], []),
+    ],
+)
+def test_dirs_tar_creates_every_parent_once(paths: list[str], expected: list[str]) -> None:
+    assert [m.name for m in tarfile_members(build_dirs_tar(paths, mtime=0))] == expected
+
+
 def test_dirs_tar_long_and_unicode_names() -> None:
     components = ["x" * 90, "y" * 90, "日本語", "z" * 200]
-    raw = build_dirs_tar(components, mtime=0)
     expected = ["/".join(components[: i + 1]) for i in range(len(components))]
+    raw = build_dirs_tar(expected, mtime=0)
     assert [m.name for m in tarfile_members(raw)] == expected
     assert [e.path for e in index([raw])] == expected
     assert expected_entries(raw) == index([raw])
@@ -936,9 +950,11 @@ def test_components_must_be_a_list() -> None:
         build_dirs_tar("a/b")
 
 
-@pytest.mark.parametrize("bad", ["", ".", "..", "a/b", "/", "a\x00"])
-def test_dirs_tar_rejects_bad_components(bad: str) -> None:
-    with pytest.raises(ValueError, match="component"):
+@pytest.mark.parametrize(
+    "bad", ["", ".", "..", "/", "/abs", "a/", "a//b", "a/./b", "a/../b", "../a", "a\x00"]
+)
+def test_dirs_tar_rejects_bad_paths(bad: str) -> None:
+    with pytest.raises(ValueError, match="invalid directory path"):
         build_dirs_tar(["ok", bad])
 
 
@@ -948,9 +964,13 @@ def test_dirs_tar_rejects_bad_attributes(options: dict[str, int]) -> None:
         build_dirs_tar(["a"], **options)
 
 
-@given(components=st.lists(_COMPONENT.filter(lambda c: c not in (".", "..")), max_size=6))
-def test_dirs_tar_round_trips(components: list[str]) -> None:
-    raw = build_dirs_tar(components, mtime=1)
-    expected = ["/".join(components[: i + 1]) for i in range(len(components))]
+_DIR_PATH = st.lists(_COMPONENT.filter(lambda c: c not in (".", "..")), min_size=1, max_size=4)
+
+
+@given(paths=st.lists(_DIR_PATH, max_size=5))
+def test_dirs_tar_round_trips(paths: list[list[str]]) -> None:
+    raw = build_dirs_tar(["/".join(parts) for parts in paths], mtime=1)
+    prefixes = ["/".join(parts[:end]) for parts in paths for end in range(1, len(parts) + 1)]
+    expected = list(dict.fromkeys(prefixes))
     assert [m.name for m in tarfile_members(raw)] == expected
     assert index([raw]) == expected_entries(raw)

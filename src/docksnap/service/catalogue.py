@@ -7,7 +7,7 @@ only keep records and bytes.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from itertools import groupby
 
@@ -23,6 +23,7 @@ from docksnap.store.base import (
     TarReader,
     VerifyReport,
 )
+from docksnap.store.copy import CopyReport, copy_snapshot
 from docksnap.tarstream import TarEntry
 
 DEFAULT_GC_GRACE = 3600.0
@@ -36,8 +37,11 @@ Entries = list[TarEntry]
 class Catalogue:
     """``client.snapshots``: what the store holds, and its lifecycle."""
 
-    def __init__(self, store: SnapshotStore) -> None:
+    def __init__(
+        self, store: SnapshotStore, *, open_store: Callable[[str], SnapshotStore] | None = None
+    ) -> None:
         self._store = store
+        self._open_store = open_store
 
     async def list(
         self, *, name: str | None = None, dir: str | None = None, container: str | None = None
@@ -136,6 +140,23 @@ class Catalogue:
         source = SnapshotSource(container="", image=image)
         info = await self._store.save(record, checked_tar(tar), source=source, ttl=ttl)
         return info.snapshot
+
+    async def copy(self, snapshot_id: str, *, to: SnapshotStore | str) -> CopyReport:
+        """Copy a snapshot into another store (a store or a store URL), verified.
+
+        Between chunked stores only the chunks the target lacks travel. The copy
+        appears on the target complete or not at all, under the same id; copying
+        again is a no-op. A store opened from a URL is closed afterwards.
+        """
+        if not isinstance(to, str):
+            return await copy_snapshot(self._store, to, snapshot_id)
+        if self._open_store is None:
+            raise InvalidArgumentError("this catalogue cannot open store URLs; pass a store")
+        target = self._open_store(to)
+        try:
+            return await copy_snapshot(self._store, target, snapshot_id)
+        finally:
+            await target.close()
 
     async def _sorted(self) -> Infos:
         return sorted(await self._store.list(), key=lambda i: (i.created_at, i.id), reverse=True)

@@ -49,8 +49,12 @@ class Client:
                 store or default_store_url(), docker=self.docker, extra_labels=self.extra_labels
             )
         self.store: SnapshotStore = store
-        self.snapshots = Catalogue(self.store)
+        self.snapshots = Catalogue(self.store, open_store=self._open_store)
         self._turns: dict[str, asyncio.Lock] = {}
+
+    def _open_store(self, url: str) -> SnapshotStore:
+        """Another store on this client's engine (for copies), with this client's labels."""
+        return open_store(url, docker=self.docker, extra_labels=self.extra_labels)
 
     def container(self, name: str) -> Container:
         """A handle on the container called ``name``, which may or may not exist yet.

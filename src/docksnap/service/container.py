@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RESTORE_VOLUME_PREFIX = "docksnap-restore-"
+_CLEANUP_ATTEMPTS = 5
 
 
 class Container:
@@ -218,15 +219,16 @@ class Container:
             await asyncio.shield(unpause())
 
     async def _clear_previous(self) -> None:
-        """Make room for a new container of this name, refusing to touch a foreign one."""
+        """Make room for a new container of this name, refusing to touch a foreign one.
+
+        Also removes restore volumes an interrupted earlier start may have orphaned.
+        """
         state = await self._state()
-        if state is None:
-            return
-        if state.get("Running"):
+        if state is not None and state.get("Running"):
             raise ContainerAlreadyRunningError(
                 self.name, f"container {self.name!r} is already running"
             )
-        if state["Labels"].get(lbl.MANAGED) != "true":
+        if state is not None and state["Labels"].get(lbl.MANAGED) != "true":
             raise ContainerError(
                 self.name, f"a container named {self.name!r} exists and was not made by docksnap"
             )
@@ -288,17 +290,29 @@ class Container:
             missing.insert(0, parent.rsplit("/", 1)[1])
             parent = parent.rsplit("/", 1)[0] or "/"
         if missing:
-            tar = build_dirs_tar(["/".join(missing[: i + 1]) for i in range(len(missing))])
+            tar = build_dirs_tar(["/".join(missing)])
             await self._docker.put_archive(self.name, parent, _once(tar), size=len(tar))
 
     async def _remove_everything(self) -> None:
-        """Remove the container, then its restore volumes (they are free only after)."""
-        await self._docker.remove_container(self.name)
-        volumes = await self._docker.list_volumes(
-            {lbl.ROLE: str(lbl.Role.RESTORE), lbl.OWNER: self.name}
-        )
-        for volume in volumes:
-            await self._docker.remove_volume(volume["Name"])
+        """Remove the container, then its restore volumes (they are free only after).
+
+        A create request cancelled in flight (Ctrl-C) may still be carried out by
+        the engine after the first removal, holding the volumes (409 "in use");
+        so removal repeats until the volumes go.
+        """
+        for attempt in range(_CLEANUP_ATTEMPTS):
+            await self._docker.remove_container(self.name)
+            volumes = await self._docker.list_volumes(
+                {lbl.ROLE: str(lbl.Role.RESTORE), lbl.OWNER: self.name}
+            )
+            try:
+                for volume in volumes:
+                    await self._docker.remove_volume(volume["Name"])
+                return
+            except DockerError as exc:
+                if exc.status != 409 or attempt == _CLEANUP_ATTEMPTS - 1:
+                    raise
+                await asyncio.sleep(0.2 * (attempt + 1))
 
 
 class _Once:

@@ -107,11 +107,18 @@ class TarReader(Protocol):
 
     Iterating yields the stream in order; every byte has been verified before it
     is yielded. Iteration raises :class:`~docksnap.errors.SnapshotCorruptError`
-    when stored data fails verification.
+    when stored data fails verification. ``size`` is the exact number of bytes
+    iteration yields, or ``None`` when the store cannot know it in advance.
+
+    The stream holds the same members (names, types, modes, owners, times,
+    contents) as the one saved. Stores that keep the bytes themselves, like the
+    chunked store, return it byte for byte; the volume store returns Docker's
+    re-archiving of the volume: members in Docker's order, and the root
+    directory's times those of the volume.
     """
 
     @property
-    def size(self) -> int: ...
+    def size(self) -> int | None: ...
 
     def __aiter__(self) -> AsyncIterator[bytes]: ...
 
@@ -191,8 +198,10 @@ class SnapshotStore(Protocol):
     async def gc(self, *, grace: float) -> GcReport:
         """Delete data no snapshot references and older than ``grace`` seconds.
 
-        Safe beside concurrent writers: a snapshot being written references data
-        younger than the grace period, which is never deleted.
+        Safe beside concurrent writers whose snapshot takes less than ``grace``:
+        their new data is younger than that, and data they reuse is only moved
+        aside, not destroyed, until a later pass finds it still unreferenced
+        (docs/FORMAT.md, "Garbage collection").
         """
         ...
 

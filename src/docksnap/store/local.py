@@ -204,8 +204,8 @@ class LocalObjectStore:
         """Create ``directory`` and missing parents, each fsynced into its parent."""
         missing: list[Path] = []
         current = directory
-        while not current.exists() and current != self._root.parent:
-            missing.append(current)
+        while not current.exists() and current != current.parent:
+            missing.append(current)  # the root itself too, and its parents if need be
             current = current.parent
         for path in reversed(missing):
             try:

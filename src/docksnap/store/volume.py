@@ -67,7 +67,7 @@ def meta_volume(snapshot_id: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class _VolumeReader:
-    size: int
+    size: int | None  # Docker re-tars the volume: its length is not known in advance
     chunks: AsyncIterator[bytes]
 
     def __aiter__(self) -> AsyncIterator[bytes]:
@@ -136,7 +136,7 @@ class VolumeStore:
             ) as helper,
             self._docker.get_archive(helper, HELPER_MOUNT + "/.") as archive,
         ):
-            yield _VolumeReader(info.size, archive.chunks)
+            yield _VolumeReader(None, archive.chunks)
 
     async def index(self, snapshot_id: str) -> list[TarEntry]:
         """Read the whole stream through the header reader: volumes keep no index."""
@@ -165,7 +165,8 @@ class VolumeStore:
         await self._docker.remove_volume(data_volume(snapshot_id))
 
     async def touch(self, snapshot_id: str, when: float) -> None:
-        """No-op: volume labels are immutable, so a TTL here counts from creation."""
+        """Record nothing: volume labels are immutable, so a TTL here counts from creation."""
+        await self.get(snapshot_id)
 
     async def verify(
         self, snapshot_id: str | None = None, *, read_data: bool = True

@@ -20,35 +20,47 @@ def build_dirs_tar(
     gid: int = 0,
     mtime: int | None = None,
 ) -> bytes:
-    """Return a ustar archive that creates the directories ``components`` spell out.
+    """Return a ustar archive that does ``mkdir -p`` for each relative directory path.
 
-    For ``["a", "b", "c"]`` the archive holds directories "a/", "a/b/", "a/b/c/", in
-    that order, so extracting it at some directory is ``mkdir -p a/b/c`` there; it
-    ends with the end-of-archive marker. Names longer than 100 bytes, and uid, gid or
-    mtime that do not fit the octal fields, are carried in a pax header. ``mtime``
-    defaults to now. An empty list gives an archive with no members.
+    Each item of ``components`` is a relative path of one or more components ("a" or
+    "a/b"). The archive holds one directory entry for every prefix of every item,
+    each once, parents before children, in order of first appearance: ``["a/b"]``,
+    ``["a", "a/b"]`` and ``["a", "a/b", "a"]`` all give "a/", "a/b/". Extracted at
+    some directory, it creates them there. It ends with the end-of-archive marker.
+    Names longer than 100 bytes, and uid, gid or mtime that do not fit the octal
+    fields, are carried in a pax header. ``mtime`` defaults to now. An empty list
+    gives an archive with no members.
 
-    Raises ``ValueError`` for a component that is empty, ".", "..", or contains "/" or
-    NUL, and for a mode outside 0o7777 or a negative uid or gid; ``TypeError`` if
-    ``components`` is a str (a path must be split into its components first).
+    Raises ``ValueError`` for an item that is absolute or has an empty, ".", ".." or
+    NUL-containing component, and for a mode outside 0o7777 or a negative uid or gid;
+    ``TypeError`` if ``components`` is a str rather than a list of them.
     """
-    _validate(components, mode, uid, gid)
+    _validate_attributes(mode, uid, gid)
     when = int(time.time()) if mtime is None else mtime
     out = bytearray()
-    path = ""
-    for component in components:
-        path = f"{path}{component}/"
-        out += _dir_member(path.encode("utf-8", "surrogateescape"), mode, uid, gid, when)
+    for name in _dir_names(components):
+        out += _dir_member(name.encode("utf-8", "surrogateescape"), mode, uid, gid, when)
     out += _END_OF_ARCHIVE
     return bytes(out)
 
 
-def _validate(components: Sequence[str], mode: int, uid: int, gid: int) -> None:
+def _dir_names(components: Sequence[str]) -> list[str]:
+    """Return every prefix of every path, once, parents first, each ending in "/"."""
     if isinstance(components, str):
-        raise TypeError("components must be a list of names, not a str")
-    for component in components:
-        if component in ("", ".", "..") or "/" in component or "\x00" in component:
-            raise ValueError(f"invalid directory name component {component!r}")
+        raise TypeError("components must be a list of paths, not a str")
+    names: dict[str, None] = {}
+    for path in components:
+        parts = path.split("/")
+        for part in parts:
+            # Names go into a container's filesystem: nothing may climb or be absolute.
+            if part in ("", ".", "..") or "\x00" in part:
+                raise ValueError(f"invalid directory path {path!r}")
+        for end in range(1, len(parts) + 1):
+            names.setdefault("/".join(parts[:end]) + "/")
+    return list(names)
+
+
+def _validate_attributes(mode: int, uid: int, gid: int) -> None:
     if not 0 <= mode <= 0o7777:
         raise ValueError(f"mode {mode:#o} is outside 0o7777")
     if uid < 0 or gid < 0:

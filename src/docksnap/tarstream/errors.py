@@ -7,12 +7,16 @@ identify the problem (an ``offset`` in the stream or a member ``path``) plus a
 
 from __future__ import annotations
 
+from docksnap.errors import DocksnapError, InvalidArgumentError, UnsafeArchiveError
 
-class TarError(Exception):
+__all__ = ["TarError", "TarFormatError", "TarLimitError", "UnsafeArchiveError"]
+
+
+class TarError(DocksnapError):
     """Root of every error raised by :mod:`docksnap.tarstream`."""
 
 
-class TarFormatError(TarError, ValueError):
+class TarFormatError(TarError, InvalidArgumentError):
     """The byte stream is not a well-formed tar archive at ``offset``."""
 
     def __init__(self, offset: int, reason: str) -> None:
@@ -20,8 +24,6 @@ class TarFormatError(TarError, ValueError):
         self.offset = offset
         self.reason = reason
 
-    def __reduce__(self) -> tuple[type[TarFormatError], tuple[int, str]]:
-        return type(self), (self.offset, self.reason)
 
 
 class TarLimitError(TarError):
@@ -32,17 +34,3 @@ class TarLimitError(TarError):
         self.offset = offset
         self.reason = reason
 
-    def __reduce__(self) -> tuple[type[TarLimitError], tuple[int, str]]:
-        return type(self), (self.offset, self.reason)
-
-
-class UnsafeArchiveError(TarError, ValueError):
-    """The member ``path`` could write outside its directory, or is a device file."""
-
-    def __init__(self, path: str, reason: str) -> None:
-        super().__init__(f"unsafe tar member {path!r}: {reason}")
-        self.path = path
-        self.reason = reason
-
-    def __reduce__(self) -> tuple[type[UnsafeArchiveError], tuple[str, str]]:
-        return type(self), (self.path, self.reason)

@@ -172,6 +172,7 @@ class ManifestHeader(msgspec.Struct, frozen=True, kw_only=True):
     last_used_at: float
     ttl: float | None
     source: SourceRecord | None
+    index: IndexRef | None
 
 
 class ManifestRefs(msgspec.Struct, frozen=True, kw_only=True):

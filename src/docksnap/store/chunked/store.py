@@ -112,7 +112,7 @@ class ChunkedStore:
         workers: int = 2,
         io_workers: int = 16,
         read_ahead: int = READ_AHEAD,
-        max_write_seconds: float = 3600.0,
+        max_write_seconds: float = 1800.0,
         gc_lease_seconds: float = 3600.0,
         chunker: ChunkerParams | None = None,
     ) -> None:
@@ -170,7 +170,9 @@ class ChunkedStore:
         elapsed = time.monotonic() - started
         return await self._control_call(self._commit, snapshot, result, source, ttl, elapsed)
 
-    def open(self, snapshot_id: str, *, image: str) -> AbstractAsyncContextManager[TarReader]:
+    def open(
+        self, snapshot_id: str, *, image: str | None = None
+    ) -> AbstractAsyncContextManager[TarReader]:
         """Read a snapshot's stream back, every chunk verified before it is yielded.
 
         Entering raises :class:`SnapshotNotFoundError` for an unknown id. Read-only
@@ -178,6 +180,14 @@ class ChunkedStore:
         ``image`` is unused (this store needs no container).
         """
         return self._open(snapshot_id)
+
+    async def index(self, snapshot_id: str) -> builtins.list[TarEntry]:
+        """The snapshot's tar entries in stream order, from ``indexes/<id>``.
+
+        Read-only. The index object is checked against the digest in the manifest;
+        a missing or mismatching one raises :class:`SnapshotCorruptError`.
+        """
+        return await self._control_call(self._read_index, snapshot_id)
 
     @contextlib.asynccontextmanager
     async def _open(self, snapshot_id: str) -> AsyncIterator[TarReader]:
@@ -376,6 +386,25 @@ class ChunkedStore:
         header = self._load_manifest(snapshot_id, ManifestHeader)
         return self._to_info(header, self._last_used(snapshot_id))
 
+    def _read_index(self, snapshot_id: str) -> builtins.list[TarEntry]:
+        ref = self._load_manifest(snapshot_id, ManifestHeader).index
+        if ref is None:
+            raise SnapshotCorruptError(snapshot_id, "the manifest references no tar index")
+        try:
+            stored = self._objects.get(ref.key)
+        except ObjectNotFoundError:
+            raise SnapshotCorruptError(snapshot_id, f"tar index {ref.key} is missing") from None
+        actual = f"blake3:{hash_hex(stored)}"
+        if actual != ref.digest:
+            detail = f"tar index {ref.key} hashes to {actual}, manifest says {ref.digest}"
+            raise SnapshotCorruptError(snapshot_id, detail)
+        try:
+            index = decode_record(open_record(stored), TarIndex)
+        except ChunkDecodeError as exc:
+            detail = f"tar index {ref.key} is unreadable: {exc}"
+            raise SnapshotCorruptError(snapshot_id, detail) from None
+        return builtins.list(index.entries)
+
     def _to_info(self, header: ManifestHeader, last_used: float | None) -> SnapshotInfo:
         try:
             snapshot = DirectorySnapshot(
@@ -498,15 +527,20 @@ class ChunkedStore:
     # --- delete / touch --------------------------------------------------------------------
 
     def _delete(self, snapshot_id: str) -> None:
-        self._load_manifest(snapshot_id, VersionProbe)  # unknown id → NotFound
-        self._objects.delete(manifest_key(snapshot_id))
+        # Existence, not decoding: a damaged manifest must stay deletable, or it would
+        # block gc (which refuses to run while a manifest's references are unknown).
+        self._read_config()
+        key = manifest_key(snapshot_id)
+        if not is_snapshot_id(snapshot_id) or not self._objects.exists(key):
+            raise SnapshotNotFoundError(snapshot_id, self.url)
+        self._objects.delete(key)
         # The manifest is gone, so the snapshot is; what follows is tidying that gc
         # redoes if we die here.
-        for key in (index_key(snapshot_id), used_key(snapshot_id)):
+        for leftover in (index_key(snapshot_id), used_key(snapshot_id)):
             try:
-                self._objects.delete(key)
+                self._objects.delete(leftover)
             except StoreError:
-                log.warning("left %s for gc", key, exc_info=True)
+                log.warning("left %s for gc", leftover, exc_info=True)
 
     def _touch(self, snapshot_id: str, when: float) -> None:
         self._load_manifest(snapshot_id, VersionProbe)

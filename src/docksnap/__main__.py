@@ -1,0 +1,5 @@
+"""``python -m docksnap``: the same as the ``docksnap`` command."""
+
+from docksnap.cli import main
+
+main()

@@ -1,0 +1,354 @@
+"""Commands on the store's catalogue: ls, show, files, diff, rm, prune, gc, verify, stats."""
+
+from __future__ import annotations
+
+import click
+
+from docksnap.cli import render, shapes
+from docksnap.cli.app import App, Result, output_options, pass_app
+from docksnap.cli.exits import ExitCode
+from docksnap.cli.params import SECONDS
+from docksnap.cli.progress import Meter
+from docksnap.errors import InvalidArgumentError
+from docksnap.model import normalize_path
+from docksnap.service.catalogue import DEFAULT_GC_GRACE
+from docksnap.service.client import Client
+from docksnap.store.base import VerifyReport
+from docksnap.tarstream import TarEntry
+
+SHOW_FILES = 20
+
+
+@click.command("ls")
+@click.option("--name", help="Only snapshots with this name.")
+@click.option("--container", help="Only snapshots taken from this container.")
+@click.option("--dir", "directory", metavar="DIR", help="Only snapshots of this directory.")
+@output_options
+@pass_app
+def ls(app: App, name: str | None, container: str | None, directory: str | None) -> None:
+    """List snapshots, newest first.
+
+    \b
+    Example:
+      docksnap ls --name nightly --json
+    """
+
+    async def body(client: Client, meter: Meter) -> Result:
+        infos = [
+            info
+            async for info in client.snapshots.list(name=name, container=container, dir=directory)
+        ]
+        lines = render.snapshot_table(infos) if infos else ["no snapshots"]
+        return Result([shapes.info(i) for i in infos], lines, [i.id for i in infos])
+
+    app.run(body)
+
+
+@click.command()
+@click.argument("snapshot_id", metavar="ID")
+@output_options
+@pass_app
+def show(app: App, snapshot_id: str) -> None:
+    """Show a snapshot: its record, source, times and first files.
+
+    \b
+    Example:
+      docksnap show 3f2a9c1e-0b7d-4c55-9a57-1f0e4d2b8a61
+    """
+
+    async def body(client: Client, meter: Meter) -> Result:
+        info = await client.snapshots.get(snapshot_id)
+        files = await client.snapshots.files(snapshot_id)
+        source = info.source
+        ttl = (
+            "-"
+            if info.ttl is None
+            else (
+                f"{render.duration(info.ttl)} of disuse (expires "
+                f"{render.local_time(info.last_used_at + info.ttl)})"
+            )
+        )
+        shown = min(len(files), SHOW_FILES)
+        lines = render.key_values(
+            [
+                ("id", info.id),
+                ("name", info.name or "-"),
+                ("dir", info.dir),
+                ("size", f"{render.size(info.size)} ({info.size} bytes)"),
+                ("digest", info.snapshot.digest or "-"),
+                ("container", (source.container if source else "") or "-"),
+                ("image", render.image((source.image if source else "") or "-")),
+                ("created", render.local_time(info.created_at)),
+                ("last used", render.local_time(info.last_used_at)),
+                ("ttl", ttl),
+                (
+                    "files",
+                    f"{len(files)} entries"
+                    + (
+                        f", the first {shown} shown (`docksnap files ID` lists all)"
+                        if shown < len(files)
+                        else ""
+                    ),
+                ),
+            ]
+        )
+        lines += render.file_lines(files[:shown], prefix="  ")
+        return Result(shapes.show(info, files, SHOW_FILES), lines, [info.id])
+
+    app.run(body)
+
+
+def _relative(path: str, snapshot_dir: str) -> str:
+    """PATH as the index names it: relative to the snapshot's directory ("." is its root)."""
+    if path.startswith("/"):
+        canonical = normalize_path(path, what="PATH")
+        if canonical == snapshot_dir:
+            return "."
+        prefix = snapshot_dir.rstrip("/") + "/"
+        if not canonical.startswith(prefix):
+            raise InvalidArgumentError(
+                f"PATH {path} is outside the snapshot's directory {snapshot_dir}"
+            )
+        return canonical[len(prefix) :]
+    while path.startswith("./"):
+        path = path[2:]
+    return path.strip("/") or "."
+
+
+def _subtree(entries: list[TarEntry], root: str) -> list[TarEntry]:
+    if root == ".":
+        return entries
+    return [e for e in entries if e.path == root or e.path.startswith(root + "/")]
+
+
+@click.command()
+@click.argument("snapshot_id", metavar="ID")
+@click.argument("path", required=False)
+@output_options
+@pass_app
+def files(app: App, snapshot_id: str, path: str | None) -> None:
+    """List a snapshot's files like `tar -tv`.
+
+    With PATH, only that file or directory tree. PATH is relative to the
+    snapshot's directory, or absolute inside it.
+
+    \b
+    Example:
+      docksnap files 3f2a9c1e-0b7d-4c55-9a57-1f0e4d2b8a61 src/
+    """
+
+    async def body(client: Client, meter: Meter) -> Result:
+        entries = await client.snapshots.files(snapshot_id)
+        if path is not None:
+            info = await client.snapshots.get(snapshot_id)
+            entries = _subtree(entries, _relative(path, info.dir))
+            if not entries:
+                raise InvalidArgumentError(f"no file {path!r} in snapshot {snapshot_id}")
+        return Result(
+            [shapes.entry(e) for e in entries],
+            render.file_lines(entries),
+            [e.path for e in entries],
+        )
+
+    app.run(body)
+
+
+@click.command()
+@click.argument("old_id", metavar="ID1")
+@click.argument("new_id", metavar="ID2")
+@output_options
+@pass_app
+def diff(app: App, old_id: str, new_id: str) -> None:
+    """Files added (+), removed (-), changed (~) from ID1 to ID2.
+
+    Content is compared by size and modification time, as rsync does.
+
+    \b
+    Example:
+      docksnap diff 3f2a9c1e-0b7d-4c55-9a57-1f0e4d2b8a61 8e1b2c3d-4f5a-4b6c-8d7e-9f0a1b2c3d4e
+    """
+
+    async def body(client: Client, meter: Meter) -> Result:
+        result = await client.snapshots.diff(old_id, new_id)
+        lines = [
+            *render.file_lines(result.added, prefix="+ "),
+            *render.file_lines(result.removed, prefix="- "),
+            *(
+                f"~ {render.display_path(new)}  {render.describe_change(old, new)}"
+                for old, new in result.changed
+            ),
+        ]
+        counts = (
+            f"{len(result.added)} added, {len(result.removed)} removed, "
+            f"{len(result.changed)} changed"
+        )
+        quiet = [
+            *(f"+ {e.path}" for e in result.added),
+            *(f"- {e.path}" for e in result.removed),
+            *(f"~ {new.path}" for _, new in result.changed),
+        ]
+        return Result(shapes.diff(result), [*lines, counts] if lines else ["no differences"], quiet)
+
+    app.run(body)
+
+
+@click.command()
+@click.argument("snapshot_ids", nargs=-1, required=True, metavar="ID...")
+@output_options
+@pass_app
+def rm(app: App, snapshot_ids: tuple[str, ...]) -> None:
+    """Delete snapshots.
+
+    Their data is reclaimed by the next `docksnap gc`. Every ID is looked up
+    first: if one is unknown, nothing is deleted.
+
+    \b
+    Example:
+      docksnap rm 3f2a9c1e-0b7d-4c55-9a57-1f0e4d2b8a61
+    """
+
+    async def body(client: Client, meter: Meter) -> Result:
+        for snapshot_id in snapshot_ids:
+            await client.snapshots.get(snapshot_id)
+        for snapshot_id in snapshot_ids:
+            await client.snapshots.delete(snapshot_id)
+        return Result({"deleted": list(snapshot_ids)}, [f"deleted {i}" for i in snapshot_ids])
+
+    app.run(body)
+
+
+@click.command()
+@click.option(
+    "--keep-last",
+    type=click.IntRange(min=0),
+    required=True,
+    metavar="N",
+    help="How many of the newest snapshots to keep.",
+)
+@click.option(
+    "--all-names",
+    is_flag=True,
+    help="Keep the newest N overall, instead of the newest N of each name.",
+)
+@output_options
+@pass_app
+def prune(app: App, keep_last: int, all_names: bool) -> None:
+    """Delete all but the newest N snapshots of each name.
+
+    Unnamed snapshots count as one name.
+
+    \b
+    Example:
+      docksnap prune --keep-last 3
+    """
+
+    async def body(client: Client, meter: Meter) -> Result:
+        deleted = await client.snapshots.prune(keep_last=keep_last, per_name=not all_names)
+        lines = [f"deleted {len(deleted)} snapshot(s)", *(f"  {i}" for i in deleted)]
+        return Result({"deleted": deleted}, lines)
+
+    app.run(body)
+
+
+@click.command()
+@click.option(
+    "--grace",
+    type=SECONDS,
+    default=DEFAULT_GC_GRACE,
+    show_default=True,
+    metavar="SECONDS",
+    help="Keep unreferenced data younger than this (writers' data).",
+)
+@output_options
+@pass_app
+def gc(app: App, grace: float) -> None:
+    """Delete expired snapshots and reclaim unused data.
+
+    Expired: unused for longer than their --ttl. Unused data: chunks no
+    snapshot references, older than --grace (younger ones may be a writer's).
+
+    \b
+    Example:
+      docksnap gc --grace 600
+    """
+
+    async def body(client: Client, meter: Meter) -> Result:
+        with meter.activity("collecting garbage"):
+            expired = await client.snapshots.expire()
+            report = await client.snapshots.gc(grace=grace)
+        lines = [f"expired {i}" for i in expired] + [
+            f"reclaimed {report.objects_deleted} object(s), {render.size(report.bytes_deleted)};"
+            f" kept {report.objects_kept_young} younger than {render.duration(grace)}"
+        ]
+        return Result(shapes.gc(expired, report), lines)
+
+    app.run(body)
+
+
+def _verify_lines(report: VerifyReport) -> list[str]:
+    problems = [f"{p.snapshot_id or '-'}  {p.object}: {p.detail}" for p in report.problems]
+    summary = (
+        f"checked {report.snapshots_checked} snapshot(s), {report.objects_checked} "
+        f"object(s), {render.size(report.bytes_checked)}: "
+    )
+    verdict = "no problems" if report.ok else f"{len(report.problems)} problem(s)"
+    return [*problems, summary + verdict]
+
+
+@click.command()
+@click.argument("snapshot_id", metavar="[ID]", required=False)
+@click.option(
+    "--no-read-data",
+    is_flag=True,
+    help="Check that objects exist, without reading and hashing them.",
+)
+@output_options
+@pass_app
+def verify(app: App, snapshot_id: str | None, no_read_data: bool) -> None:
+    """Check snapshots' data; exit 12 if anything is wrong.
+
+    Without ID, every snapshot. Each problem is listed.
+
+    \b
+    Example:
+      docksnap verify || echo "the store is damaged"
+    """
+
+    async def body(client: Client, meter: Meter) -> Result:
+        with meter.activity("verifying"):
+            report = await client.snapshots.verify(snapshot_id, read_data=not no_read_data)
+        lines = _verify_lines(report)
+        code = ExitCode.OK if report.ok else ExitCode.PROBLEMS_FOUND
+        return Result(shapes.verify(report), lines, lines[:-1], code)
+
+    app.run(body)
+
+
+@click.command()
+@output_options
+@pass_app
+def stats(app: App) -> None:
+    """Show the store's totals: snapshots, bytes, deduplication.
+
+    \b
+    Example:
+      docksnap --store file:///var/lib/docksnap stats
+    """
+
+    async def body(client: Client, meter: Meter) -> Result:
+        totals = await client.snapshots.stats()
+        lines = render.key_values(
+            [
+                ("store", client.store.url),
+                ("snapshots", str(totals.snapshots)),
+                ("logical size", render.size(totals.logical_bytes)),
+                ("stored size", render.size(totals.stored_bytes)),
+                ("chunks", str(totals.chunks)),
+                ("dedup ratio", f"{totals.dedup_ratio:.2f}x"),
+                ("compression", f"{totals.compression_ratio:.2f}x"),
+                *((key, str(value)) for key, value in sorted(totals.extra.items())),
+            ]
+        )
+        return Result(shapes.stats(client.store.url, totals), lines)
+
+    app.run(body)

@@ -1,0 +1,146 @@
+"""Exit codes: one table from error class to code, and how an error is reported.
+
+The table is the CLI's contract with scripts; docs/CLI.md lists the same codes
+(a unit test holds the two together). A class not in the table is looked up by
+its bases, so a new subclass of a known error gets its parent's code.
+"""
+
+from __future__ import annotations
+
+import json
+import traceback
+from enum import IntEnum
+from typing import TypeVar
+
+import click
+
+from docksnap import errors
+from docksnap.tarstream import TarError
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    UNEXPECTED = 1
+    USAGE = 2
+    DOCKER_UNAVAILABLE = 3
+    CONTAINER = 4
+    DIRECTORY_NOT_FOUND = 5
+    SNAPSHOT_NOT_FOUND = 6
+    SNAPSHOT_TOO_LARGE = 7
+    SNAPSHOT_CORRUPT = 8
+    STORE = 9
+    DOCKER = 10
+    ARCHIVE_REFUSED = 11
+    PROBLEMS_FOUND = 12
+    START_FAILED = 13
+    LOCAL_FILE = 14
+    INTERRUPTED = 130
+    BROKEN_PIPE = 141
+
+
+EXIT_CODES: dict[type[BaseException], ExitCode] = {
+    click.UsageError: ExitCode.USAGE,
+    errors.InvalidArgumentError: ExitCode.USAGE,
+    errors.DockerUnavailableError: ExitCode.DOCKER_UNAVAILABLE,
+    errors.ContainerError: ExitCode.CONTAINER,
+    errors.ContainerStartError: ExitCode.START_FAILED,
+    errors.DirectoryNotFoundError: ExitCode.DIRECTORY_NOT_FOUND,
+    errors.SnapshotNotFoundError: ExitCode.SNAPSHOT_NOT_FOUND,
+    errors.SnapshotTooLargeError: ExitCode.SNAPSHOT_TOO_LARGE,
+    errors.SnapshotCorruptError: ExitCode.SNAPSHOT_CORRUPT,
+    errors.StoreError: ExitCode.STORE,
+    errors.DockerError: ExitCode.DOCKER,
+    # A malformed or oversized tar stream is refused like an unsafe one: nothing stored.
+    errors.UnsafeArchiveError: ExitCode.ARCHIVE_REFUSED,
+    TarError: ExitCode.ARCHIVE_REFUSED,
+    BrokenPipeError: ExitCode.BROKEN_PIPE,
+    OSError: ExitCode.LOCAL_FILE,
+    KeyboardInterrupt: ExitCode.INTERRUPTED,
+}
+
+_HINTS: dict[type[BaseException], str] = {
+    errors.DockerUnavailableError: (
+        "start an engine (`scripts/setup docker`, or `sudo dockerd &`), or point "
+        "--docker-host / DOCKER_HOST at one that runs"
+    ),
+    errors.ContainerNotFoundError: "`docker ps -a` lists the containers on this engine",
+    errors.ContainerNotRunningError: (
+        "start one with `docksnap run IMAGE --name NAME` (or `docker start NAME`)"
+    ),
+    errors.ContainerAlreadyRunningError: (
+        "stop it first (`docksnap stop NAME`) or choose another --name"
+    ),
+    errors.ContainerStartError: (
+        "check the image and the command after `--`; nothing was left behind"
+    ),
+    errors.DirectoryNotFoundError: "check the path, e.g. `docker exec NAME ls -la DIR`",
+    errors.SnapshotNotFoundError: (
+        "`docksnap ls` lists this store's snapshots; --store / DOCKSNAP_STORE selects another"
+    ),
+    errors.SnapshotTooLargeError: "snapshot a smaller directory, or raise --size-limit",
+    errors.SnapshotCorruptError: (
+        "`docksnap verify` lists every damaged snapshot; remove it with `docksnap rm ID`"
+    ),
+    errors.StoreFormatError: "this store was written by a newer docksnap: upgrade docksnap",
+    errors.StoreUnavailableError: "the store kept failing; check its address and try again",
+    errors.StoreError: "check --store / DOCKSNAP_STORE and the store's permissions",
+    errors.DockerError: "the engine refused; its message says why (a missing image: `docker pull`)",
+    errors.UnsafeArchiveError: "nothing was stored; fix or drop that member and import again",
+    TarError: "nothing was stored; the input must be one complete, safe tar archive",
+    KeyboardInterrupt: "operations in flight were rolled back; nothing half-made is visible",
+}
+
+
+_T = TypeVar("_T")
+
+
+def _lookup(table: dict[type[BaseException], _T], exc: BaseException) -> _T | None:
+    for cls in type(exc).__mro__:
+        if cls in table:
+            return table[cls]
+    return None
+
+
+def exit_code_for(exc: BaseException) -> ExitCode:
+    """The exit code of ``exc``: its most specific class in the table, else UNEXPECTED."""
+    return _lookup(EXIT_CODES, exc) or ExitCode.UNEXPECTED
+
+
+def report(exc: BaseException, *, as_json: bool, verbose: int) -> ExitCode:
+    """Tell the user what went wrong (stderr; with --json also a document on stdout)."""
+    code = exit_code_for(exc)
+    if code is ExitCode.BROKEN_PIPE:
+        return code  # the reader went away; there is no one to tell
+    message, hint = _describe(exc, code)
+    if isinstance(exc, click.UsageError):
+        exc.show()
+    else:
+        click.echo(f"docksnap: error: {message}", err=True)
+        if hint:
+            click.echo(f"hint: {hint}", err=True)
+    if verbose:
+        traceback.print_exception(exc)
+    if as_json:
+        document = {
+            "type": type(exc).__name__,
+            "exit_code": int(code),
+            "message": message,
+            "hint": hint,
+        }
+        click.echo(json.dumps({"error": document}, indent=2))
+    return code
+
+
+def _describe(exc: BaseException, code: ExitCode) -> tuple[str, str | None]:
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted", _HINTS[KeyboardInterrupt]
+    if isinstance(exc, click.UsageError):
+        return exc.format_message(), None
+    if code is ExitCode.UNEXPECTED:
+        return (
+            f"unexpected {type(exc).__name__}: {exc}",
+            "this is a bug in docksnap; run again with -v and report the traceback",
+        )
+    if code is ExitCode.LOCAL_FILE:
+        return str(exc), None
+    return str(exc), _lookup(_HINTS, exc)

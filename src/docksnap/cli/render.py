@@ -1,0 +1,148 @@
+"""Human-readable output: sizes, local times, tar-style file lines, aligned tables.
+
+Plain text only: what is printed here may go to a pipe, where escape codes
+would be noise, so styling is left to the progress display on stderr.
+"""
+
+from __future__ import annotations
+
+import stat
+import time
+from collections.abc import Sequence
+
+from docksnap.store.base import SnapshotInfo
+from docksnap.tarstream import TarEntry
+
+_UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB")
+_TYPE_BITS = {
+    "file": stat.S_IFREG,
+    "hardlink": stat.S_IFREG,
+    "dir": stat.S_IFDIR,
+    "symlink": stat.S_IFLNK,
+    "char": stat.S_IFCHR,
+    "block": stat.S_IFBLK,
+    "fifo": stat.S_IFIFO,
+}
+# Fields a diff describes when they change, in the order they are shown.
+DIFF_FIELDS = ("type", "size", "mode", "uid", "gid", "mtime", "link")
+
+
+def size(n: float) -> str:
+    """``512 B``, ``12.3 MiB``: binary units, one decimal."""
+    if n < 1024:
+        return f"{int(n)} B"
+    value = float(n)
+    for unit in _UNITS:
+        value /= 1024
+        if value < 1024 or unit == _UNITS[-1]:
+            break
+    return f"{value:.1f} {unit}"
+
+
+def local_time(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
+
+
+def duration(seconds: float) -> str:
+    """``45s``, ``2h30m``, ``3d4h``: the two largest units."""
+    rest = int(seconds)
+    parts: list[str] = []
+    for unit, length in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if rest >= length or (unit == "s" and not parts):
+            parts.append(f"{rest // length}{unit}")
+            rest %= length
+    return "".join(parts[:2])
+
+
+def mode_string(entry: TarEntry) -> str:
+    """``-rw-r--r--`` as ``ls -l`` and ``tar -tv`` show it (``h`` for a hard link)."""
+    text = stat.filemode(_TYPE_BITS.get(entry.type, 0) | entry.mode)
+    if entry.type == "hardlink":
+        return "h" + text[1:]
+    return text if entry.type in _TYPE_BITS else "?" + text[1:]
+
+
+def display_path(entry: TarEntry) -> str:
+    return entry.path + "/" if entry.type == "dir" else entry.path
+
+
+def file_lines(entries: Sequence[TarEntry], prefix: str = "") -> list[str]:
+    """One ``tar -tv`` line per entry, the size column aligned."""
+    width = max((len(str(e.size)) for e in entries), default=1)
+    owner_width = max((len(f"{e.uid}/{e.gid}") for e in entries), default=3)
+    return [prefix + _file_line(e, width, owner_width) for e in entries]
+
+
+def _file_line(entry: TarEntry, width: int, owner_width: int) -> str:
+    owner = f"{entry.uid}/{entry.gid}"
+    line = (
+        f"{mode_string(entry)} {owner:<{owner_width}} {entry.size:>{width}} "
+        f"{local_time(entry.mtime)} {display_path(entry)}"
+    )
+    if entry.type == "symlink":
+        return f"{line} -> {entry.link}"
+    if entry.type == "hardlink":
+        return f"{line} link to {entry.link}"
+    return line
+
+
+def table(
+    headers: Sequence[str], rows: Sequence[Sequence[str]], right: frozenset[int] = frozenset()
+) -> list[str]:
+    """Columns padded to their widest cell; columns in ``right`` are right-aligned."""
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
+
+    def line(cells: Sequence[str]) -> str:
+        padded = [
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ]
+        return "  ".join(padded).rstrip()
+
+    return [line(headers), *(line(r) for r in rows)]
+
+
+def snapshot_table(infos: Sequence[SnapshotInfo]) -> list[str]:
+    rows = [
+        [
+            i.id,
+            i.name or "-",
+            i.dir,
+            size(i.size),
+            local_time(i.created_at),
+            (i.source.container if i.source else "") or "-",
+        ]
+        for i in infos
+    ]
+    return table(["ID", "NAME", "DIR", "SIZE", "CREATED", "CONTAINER"], rows, frozenset({3}))
+
+
+def image(name: str) -> str:
+    """An image id shortened as ``docker images`` shows it; a name as is."""
+    return name[:19] if name.startswith("sha256:") else name
+
+
+def key_values(pairs: Sequence[tuple[str, str]]) -> list[str]:
+    width = max(len(k) for k, _ in pairs) + 1
+    return [f"{k + ':':<{width}} {v}" for k, v in pairs]
+
+
+def changed_fields(old: TarEntry, new: TarEntry) -> list[str]:
+    return [f for f in DIFF_FIELDS if getattr(old, f) != getattr(new, f)]
+
+
+def describe_change(old: TarEntry, new: TarEntry) -> str:
+    return "; ".join(
+        f"{field} {_show(field, getattr(old, field))} -> {_show(field, getattr(new, field))}"
+        for field in changed_fields(old, new)
+    )
+
+
+def _show(field: str, value: object) -> str:
+    if field == "size" and isinstance(value, int):
+        return size(value)
+    if field == "mtime" and isinstance(value, int):
+        return local_time(value)
+    if field == "mode" and isinstance(value, int):
+        return f"{value:04o}"
+    return str(value)

@@ -1,0 +1,111 @@
+"""The JSON documents ``--json`` prints: one function per shape, keys in a fixed order.
+
+These shapes are a public contract, documented in docs/CLI.md: add keys, never
+rename or remove them. Times are Unix seconds (floats), sizes bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from docksnap.cli.render import changed_fields
+from docksnap.model import DirectorySnapshot
+from docksnap.service.archive import SnapshotDiff
+from docksnap.store.base import GcReport, SnapshotInfo, StoreStats, VerifyReport
+from docksnap.tarstream import TarEntry
+
+JSON = dict[str, Any]
+
+
+def record(snapshot: DirectorySnapshot) -> JSON:
+    """The portable record; ``DirectorySnapshot.from_dict`` accepts it as is."""
+    return {
+        "id": snapshot.id,
+        "size": snapshot.size,
+        "dir": snapshot.dir,
+        "name": snapshot.name,
+        "digest": snapshot.digest,
+        "created_at": snapshot.created_at,
+    }
+
+
+def info(item: SnapshotInfo) -> JSON:
+    source = None
+    if item.source is not None:
+        source = {"container": item.source.container, "image": item.source.image}
+    return {
+        "snapshot": record(item.snapshot),
+        "source": source,
+        "created_at": item.created_at,
+        "last_used_at": item.last_used_at,
+        "ttl": item.ttl,
+    }
+
+
+def entry(item: TarEntry) -> JSON:
+    return {
+        "path": item.path,
+        "type": item.type,
+        "mode": item.mode,
+        "uid": item.uid,
+        "gid": item.gid,
+        "mtime": item.mtime,
+        "size": item.size,
+        "link": item.link,
+    }
+
+
+def show(item: SnapshotInfo, files: Sequence[TarEntry], shown: int) -> JSON:
+    return {**info(item), "file_count": len(files), "files": [entry(e) for e in files[:shown]]}
+
+
+def diff(result: SnapshotDiff) -> JSON:
+    return {
+        "added": [entry(e) for e in result.added],
+        "removed": [entry(e) for e in result.removed],
+        "changed": [
+            {
+                "path": new.path,
+                "fields": changed_fields(old, new),
+                "old": entry(old),
+                "new": entry(new),
+            }
+            for old, new in result.changed
+        ],
+    }
+
+
+def verify(report: VerifyReport) -> JSON:
+    return {
+        "ok": report.ok,
+        "snapshots_checked": report.snapshots_checked,
+        "objects_checked": report.objects_checked,
+        "bytes_checked": report.bytes_checked,
+        "problems": [
+            {"snapshot_id": p.snapshot_id, "object": p.object, "detail": p.detail}
+            for p in report.problems
+        ],
+    }
+
+
+def gc(expired: Sequence[str], report: GcReport) -> JSON:
+    return {
+        "expired": list(expired),
+        "objects_deleted": report.objects_deleted,
+        "bytes_deleted": report.bytes_deleted,
+        "objects_kept_young": report.objects_kept_young,
+    }
+
+
+def stats(store_url: str, totals: StoreStats) -> JSON:
+    return {
+        "store": store_url,
+        "snapshots": totals.snapshots,
+        "logical_bytes": totals.logical_bytes,
+        "stored_bytes": totals.stored_bytes,
+        "chunks": totals.chunks,
+        "dedup_ratio": totals.dedup_ratio,
+        "compression_ratio": totals.compression_ratio,
+        "extra": dict(totals.extra),
+    }
