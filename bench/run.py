@@ -251,7 +251,12 @@ def _dataset_info(data: Prepared) -> dict[str, Any]:
         "tar_bytes": data.bytes,
     }
     if spec.mutation is not None:
-        info["mutation"] = asdict(spec.mutation)
+        change = spec.mutation
+        doomed = [f for f in spec.layout.files if f.path.startswith(change.delete_dir + "/")]
+        info["files"] += 1 - len(doomed)
+        # (the lines appended to one file are not counted)
+        info["data_bytes"] += change.add.size - sum(f.size for f in doomed)
+        info["mutation"] = asdict(change)
     return info
 
 

@@ -127,9 +127,7 @@ async def client(docker_engine: None, store_url: str) -> AsyncIterator[docksnap.
 
 async def session_volume_snapshots(docker: DockerClient) -> list[str]:
     """Ids of the volume-store snapshots this session made (never another session's)."""
-    volumes = await docker.list_volumes(
-        {SESSION_LABEL: SESSION_ID, "io.docksnap.meta": "true"}
-    )
+    volumes = await docker.list_volumes({SESSION_LABEL: SESSION_ID, "io.docksnap.meta": "true"})
     return [volume["Labels"]["io.docksnap.snapshot-id"] for volume in volumes]
 
 

@@ -27,9 +27,9 @@ from docksnap.errors import (
     UnsafeArchiveError,
 )
 from docksnap.model import DirectorySnapshot, SnapshotRestore
-from docksnap.tarstream import TarError, TarFormatError, TarLimitError
 from docksnap.service import Catalogue, Client, Container
 from docksnap.store.base import SnapshotInfo, SnapshotSource
+from docksnap.tarstream import TarError, TarFormatError, TarLimitError
 
 __version__ = "0.1.0"
 

@@ -32,7 +32,6 @@ Messages name the value that was wrong; the CLI maps each class to an exit code.
 
 from __future__ import annotations
 
-
 from typing import Any
 
 

@@ -43,8 +43,16 @@ def tar_members(data: bytes) -> list[tuple[object, ...]]:
             name = info.name.removeprefix("./").rstrip("/") or "."
             mtime = None if name == "." else int(info.mtime)
             members.append(
-                (name, info.type, info.mode & 0o7777, info.uid, info.gid, mtime,
-                 info.linkname, content)
+                (
+                    name,
+                    info.type,
+                    info.mode & 0o7777,
+                    info.uid,
+                    info.gid,
+                    mtime,
+                    info.linkname,
+                    content,
+                )
             )
     return sorted(members, key=lambda member: str(member[0]))
 

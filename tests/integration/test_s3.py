@@ -32,7 +32,7 @@ from docksnap.errors import SnapshotCorruptError, StoreError, StoreUnavailableEr
 from docksnap.model import DirectorySnapshot, new_snapshot_id
 from docksnap.store.base import SnapshotSource
 from docksnap.store.chunked import ChunkedStore
-from docksnap.store.chunked.format import CHUNKS, MANIFESTS
+from docksnap.store.chunked.format import CHUNKS, MANIFESTS, TRASH
 from docksnap.store.local import LocalObjectStore
 from docksnap.store.s3 import S3ObjectStore
 from tests.conformance.streams import build_tar, pieces, random_files, text_files
@@ -294,12 +294,15 @@ async def test_gc_on_one_host_beside_a_snapshot_on_another_loses_nothing(
         await asyncio.sleep(grace * 1.5)  # S0's chunks are now older than the grace period
         stop = asyncio.Event()
         collections = 0
+        trashed = False  # gc really moved S0's chunks aside while B was writing
 
         async def collect() -> None:
-            nonlocal collections
+            nonlocal collections, trashed
             while not stop.is_set():
                 await on_a.snapshots.gc(grace=grace)
                 collections += 1
+                keys = await asyncio.to_thread(s3_server.keys, s3_prefix)
+                trashed = trashed or any(key.startswith(TRASH) for key in keys)
 
         collector = asyncio.create_task(collect())
         try:
@@ -309,6 +312,7 @@ async def test_gc_on_one_host_beside_a_snapshot_on_another_loses_nothing(
             stop.set()
             await collector
         assert collections >= 2
+        assert trashed
         await on_a.snapshots.gc(grace=grace)
         report = await on_a.snapshots.verify(second.id, read_data=True)
         assert report.ok, report.problems

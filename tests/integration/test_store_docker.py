@@ -71,8 +71,11 @@ async def test_resnapshots_store_only_what_changed(
     unchanged = await _stored(client) - before
     assert unchanged < 0.01 * first.size, f"unchanged resnapshot stored {unchanged} bytes"
 
-    await _run(box, "seq 1 2000 >> /data/src/t7.txt && head -c 300000 /dev/urandom > /data/new"
-                    " && rm /data/src/f3.bin")
+    await _run(
+        box,
+        "seq 1 2000 >> /data/src/t7.txt && head -c 300000 /dev/urandom > /data/new"
+        " && rm /data/src/f3.bin",
+    )
     before = await _stored(client)
     third = await box.snapshot_directory("/data")
     changed = await _stored(client) - before
@@ -86,8 +89,10 @@ async def test_corrupt_chunk_fails_restore_before_start(
 ) -> None:
     """One flipped byte: restore raises SnapshotCorruptError, leaves nothing; verify names it."""
     snap = await box.snapshot_directory("/data")
-    chunk = max((p for p in (store_dir / "chunks").rglob("*") if p.is_file()),
-                key=lambda p: p.stat().st_size)
+    chunk = max(
+        (p for p in (store_dir / "chunks").rglob("*") if p.is_file()),
+        key=lambda p: p.stat().st_size,
+    )
     data = bytearray(chunk.read_bytes())
     data[len(data) // 2] ^= 0x01
     chunk.write_bytes(bytes(data))
@@ -127,7 +132,9 @@ async def test_restore_refreshes_last_use_and_ttl_expires(
     assert [s.id async for s in client.snapshots.list()] == [kept.id]
 
 
-async def test_prune_keeps_newest_per_name(client: docksnap.Client, box: docksnap.Container) -> None:
+async def test_prune_keeps_newest_per_name(
+    client: docksnap.Client, box: docksnap.Container
+) -> None:
     """prune(keep_last=1) keeps the newest snapshot of each name and deletes the rest."""
     a1 = await box.snapshot_directory("/data/src", name="a")
     a2 = await box.snapshot_directory("/data/src", name="a")

@@ -26,8 +26,12 @@ def test_every_error_derives_from_the_root(name: str) -> None:
 
 def test_invalid_arguments_are_value_errors() -> None:
     """Errors about bad input are also ValueErrors, as callers expect."""
-    for cls in (docksnap.InvalidPathError, docksnap.InvalidSnapshotError,
-                docksnap.UnsafeArchiveError, docksnap.TarFormatError):
+    for cls in (
+        docksnap.InvalidPathError,
+        docksnap.InvalidSnapshotError,
+        docksnap.UnsafeArchiveError,
+        docksnap.TarFormatError,
+    ):
         assert issubclass(cls, ValueError)
 
 

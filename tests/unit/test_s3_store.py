@@ -45,11 +45,22 @@ class FakeTransport:
     callable whose result is returned, or None for plain success.
     """
 
-    def __init__(self, *script: Outcome, objects: dict[str, bytes] | None = None) -> None:
+    def __init__(
+        self,
+        *script: Outcome,
+        objects: dict[str, bytes] | None = None,
+        bucket: Exception | None = None,
+    ) -> None:
         self.script = list(script)
+        self.bucket = bucket  # what the bucket check raises, if anything
         self.calls: list[tuple[str, str]] = []
         self.objects = objects if objects is not None else {}
         self.lock = threading.Lock()
+
+    @property
+    def requests(self) -> list[tuple[str, str]]:
+        """The calls after the store's one-time bucket check."""
+        return [call for call in self.calls if call[0] != "check_bucket"]
 
     def _next(self, op: str, key: str, *, create: bool = False) -> Any:
         with self.lock:
@@ -60,7 +71,10 @@ class FakeTransport:
         return outcome() if callable(outcome) else None
 
     def check_bucket(self) -> None:
-        self._next("check_bucket", "")
+        with self.lock:
+            self.calls.append(("check_bucket", ""))
+        if self.bucket is not None:
+            raise classify(self.bucket)
 
     def put(self, key: str, data: bytes | memoryview, *, create: bool) -> None:
         self._next("put", key, create=create)
@@ -105,11 +119,8 @@ def make_store(
     """A store over ``transport`` whose sleeps are recorded, not slept."""
     settings: dict[str, Any] = {"retry": RETRY, "check_conditional_writes": False, **overrides}
     config = S3Config(bucket=BUCKET, prefix=prefix, **settings)
-    store = S3ObjectStore(config, transport=transport)
     sleeps: list[float] = []
-    store._sleep = sleeps.append
-    store._bucket_checked = True  # most tests script the operation itself
-    return store, sleeps
+    return S3ObjectStore(config, transport=transport, sleep=sleeps.append), sleeps
 
 
 # --- the three scripted sequences of the brief ----------------------------------------
@@ -121,7 +132,7 @@ def test_503_503_200_succeeds_after_two_backed_off_retries() -> None:
     )
     store, sleeps = make_store(transport)
     assert store.get("chunks/ab/abc") == b"payload"
-    assert transport.calls == [("get", "chunks/ab/abc")] * 3
+    assert transport.requests == [("get", "chunks/ab/abc")] * 3
     assert len(sleeps) == 2
     assert RETRY.ceiling(1) / 2 <= sleeps[0] <= RETRY.ceiling(1)
     assert RETRY.ceiling(2) / 2 <= sleeps[1] <= RETRY.ceiling(2)
@@ -135,7 +146,7 @@ def test_403_fails_at_once_naming_bucket_operation_key_and_fix() -> None:
     with pytest.raises(StoreError) as caught:
         store.put("chunks/ab/abcdef", b"x")
     assert not isinstance(caught.value, StoreUnavailableError)
-    assert transport.calls == [("put", "chunks/ab/abcdef")]
+    assert transport.requests == [("put", "chunks/ab/abcdef")]
     assert sleeps == []
     message = str(caught.value)
     assert message.startswith(f"s3://{BUCKET}/p: put chunks/ab/abcdef: access denied (403")
@@ -150,7 +161,7 @@ def test_500_every_time_is_store_unavailable_after_bounded_attempts() -> None:
     with pytest.raises(StoreUnavailableError) as caught:
         store.get("manifests/x")
     assert time.monotonic() - started < 1  # the sleeps were recorded, not slept
-    assert len(transport.calls) == RETRY.attempts
+    assert len(transport.requests) == RETRY.attempts
     assert len(sleeps) == RETRY.attempts - 1
     assert all(delay <= RETRY.max_delay for delay in sleeps)
     assert sleeps[-1] >= RETRY.max_delay / 2  # the backoff grew to its cap
@@ -211,9 +222,8 @@ def test_missing_key_is_object_not_found_without_retry() -> None:
 
 
 def test_missing_bucket_fails_on_first_use_saying_so() -> None:
-    transport = FakeTransport(obstore_error(404, "NoSuchBucket", FileNotFoundError))
+    transport = FakeTransport(bucket=obstore_error(404, "NoSuchBucket", FileNotFoundError))
     store, _ = make_store(transport)
-    store._bucket_checked = False
     with pytest.raises(StoreError, match=f"bucket '{BUCKET}' does not exist"):
         store.exists("config")
     assert transport.calls == [("check_bucket", "")]
@@ -222,7 +232,6 @@ def test_missing_bucket_fails_on_first_use_saying_so() -> None:
 def test_bucket_is_checked_once() -> None:
     transport = FakeTransport()
     store, _ = make_store(transport)
-    store._bucket_checked = False
     store.put("a", b"1")
     store.put("b", b"2")
     assert [op for op, _ in transport.calls] == ["check_bucket", "put", "put"]
@@ -372,19 +381,22 @@ def test_from_url_takes_the_environment() -> None:
     assert config.endpoint == "https://s3.example.com"
     assert config.region == "eu-west-1"
     assert (config.access_key_id, config.secret_access_key) == ("AKID", "SECRET")
-    assert config.url == "s3://bucket/some/prefix"
+    assert config.url == "s3://bucket/some/prefix?endpoint=https://s3.example.com"
+    assert S3Config.from_url(config.url, {}).endpoint == config.endpoint  # reopens
     assert "SECRET" not in repr(config)
 
 
 def test_url_parameters_win_over_the_environment() -> None:
-    url = "s3://bkt?endpoint=http://127.0.0.1:7480&region=us-east-1&max_connections=4&max_attempts=2"
+    url = (
+        "s3://bkt?endpoint=http://127.0.0.1:7480&region=us-east-1&max_connections=4&max_attempts=2"
+    )
     config = S3Config.from_url(url, ENV)
     assert config.endpoint == "http://127.0.0.1:7480"
     assert config.region == "us-east-1"
     assert config.max_connections == 4
     assert config.retry.attempts == 2
     assert config.prefix == ""
-    assert config.url == "s3://bkt"
+    assert config.url == "s3://bkt?endpoint=http://127.0.0.1:7480"
 
 
 def test_s3_specific_endpoint_variable_wins() -> None:
@@ -394,6 +406,7 @@ def test_s3_specific_endpoint_variable_wins() -> None:
 
 def test_defaults_without_environment() -> None:
     config = S3Config.from_url("s3://bkt/p", {})
+    assert config.url == "s3://bkt/p"
     assert config.endpoint is None
     assert config.region == "us-east-1"
     assert config.access_key_id is None
@@ -426,7 +439,7 @@ def test_open_store_maps_s3_urls_to_the_chunked_store() -> None:
 
     store = open_store("s3://bucket/prefix?endpoint=http://127.0.0.1:1", docker=DockerClient())
     assert isinstance(store, ChunkedStore)
-    assert store.url == "s3://bucket/prefix"
+    assert store.url == "s3://bucket/prefix?endpoint=http://127.0.0.1:1"
     assert isinstance(store.objects, S3ObjectStore)
 
 

@@ -154,7 +154,7 @@ class _MeteredReader:
         self._description = description
 
     @property
-    def size(self) -> int:
+    def size(self) -> int | None:
         return self._inner.size
 
     def __aiter__(self) -> AsyncIterator[bytes]:

@@ -25,7 +25,6 @@ class TarFormatError(TarError, InvalidArgumentError):
         self.reason = reason
 
 
-
 class TarLimitError(TarError):
     """The stream exceeds a configured limit at ``offset`` (entry count, record size)."""
 
@@ -33,4 +32,3 @@ class TarLimitError(TarError):
         super().__init__(f"tar stream exceeds a limit at offset {offset}: {reason}")
         self.offset = offset
         self.reason = reason
-

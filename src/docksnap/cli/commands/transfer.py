@@ -127,9 +127,9 @@ def import_(
 @output_options
 @pass_app
 def copy(app: App, snapshot_id: str, target: str) -> None:
-    """Copy a snapshot into another store, verified; it keeps its id there.
+    """Copy a snapshot into another store, verified.
 
-    Between chunked stores (file://, s3://) only the chunks the target lacks
+    The snapshot keeps its id there. Between chunked stores (file://, s3://) only the chunks the target lacks
     travel, each checked against its hash. The copy appears complete or not at
     all, and copying again changes nothing. S3 credentials come from
     AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE.

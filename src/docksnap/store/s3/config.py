@@ -94,8 +94,12 @@ class S3Config:
 
     @property
     def url(self) -> str:
-        """``s3://bucket/prefix``: names the store in messages; holds no secret."""
-        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+        """``s3://bucket/prefix[?endpoint=…]``: names the store in messages and opens it
+        again; holds no secret. The endpoint is part of it because the same bucket
+        name on two servers is two stores (a copy between them must not be refused
+        as a copy onto itself)."""
+        base = f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+        return f"{base}?endpoint={self.endpoint}" if self.endpoint else base
 
     @property
     def where(self) -> str:

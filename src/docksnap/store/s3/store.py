@@ -49,14 +49,21 @@ class S3ObjectStore:
     would let two hosts overwrite each other's snapshots).
     """
 
-    def __init__(self, config: S3Config, *, transport: Transport | None = None) -> None:
+    def __init__(
+        self,
+        config: S3Config,
+        *,
+        transport: Transport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        """``transport`` and ``sleep`` replace the real ones in tests (no server, no waits)."""
         self._config = config
         self._transport = transport if transport is not None else ObstoreTransport(config)
         self._slots = threading.BoundedSemaphore(config.max_connections)
         self._ready_lock = threading.Lock()
         self._bucket_checked = False
         self._conditional_checked = not config.check_conditional_writes
-        self._sleep: Callable[[float], None] = time.sleep
+        self._sleep = sleep
         self._random = random.Random()  # noqa: S311 - jitter, not cryptography
 
     @classmethod
