@@ -47,6 +47,7 @@ async def copy_snapshot(
     """
     if source.url == target.url:
         raise InvalidArgumentError(f"source and target are the same store: {source.url}")
+    # Imported here, as in open_store: importing docksnap.store loads no backend.
     from docksnap.store.chunked import ChunkedStore
     from docksnap.store.chunked.transfer import ChunkCopier
 

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from docksnap.errors import InvalidArgumentError, StoreError
-from docksnap.store.objects import ObjectInfo, ObjectNotFoundError
+from docksnap.store.objects import ObjectInfo, ObjectNotFoundError, check_key, check_prefix
 
 # Snapshot data is a copy of a container's directory and may hold its secrets:
 # files and directories the store creates are private to the user running docksnap.
@@ -181,7 +181,7 @@ class LocalObjectStore:
         symlinks are never listed. Objects created or deleted during the walk may or
         may not appear; objects present throughout appear exactly once.
         """
-        _check_prefix(prefix)
+        check_prefix(prefix)
         base = prefix.rpartition("/")[0]
         yield from self._walk(self._root / base if base else self._root, base, prefix)
 
@@ -219,7 +219,7 @@ class LocalObjectStore:
     # --- internals -------------------------------------------------------------
 
     def _path(self, key: str) -> Path:
-        _check_key(key)
+        check_key(key)
         return self._root / key
 
     def _write_temp(self, path: Path, data: bytes | memoryview, key: str, op: str) -> Path:
@@ -315,26 +315,6 @@ class LocalObjectStore:
 
     def _missing(self, op: str, key: str) -> ObjectNotFoundError:
         return ObjectNotFoundError(self._url, f"{op} {key!r}: no such object")
-
-
-def _check_key(key: str) -> None:
-    """Refuse keys that could leave the root or collide with temporary files."""
-    if not key:
-        raise InvalidArgumentError(f"object key must be a non-empty string: {key!r}")
-    if "\x00" in key or "\\" in key:
-        raise InvalidArgumentError(f"object key contains NUL or backslash: {key!r}")
-    for part in key.split("/"):
-        if not part or part.startswith("."):
-            raise InvalidArgumentError(
-                f"object key {key!r} has an empty component or one starting with '.'"
-            )
-
-
-def _check_prefix(prefix: str) -> None:
-    if "\x00" in prefix or "\\" in prefix:
-        raise InvalidArgumentError(f"invalid list prefix: {prefix!r}")
-    if prefix.startswith("/") or any(part in (".", "..") for part in prefix.split("/")):
-        raise InvalidArgumentError(f"list prefix must stay inside the store: {prefix!r}")
 
 
 def _is_temp_name(name: str) -> bool:

@@ -17,7 +17,30 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from docksnap.errors import StoreError
+from docksnap.errors import InvalidArgumentError, StoreError
+
+
+def check_key(key: str) -> None:
+    """Refuse a key outside the one key space every backend shares.
+
+    Keys are relative ``/``-separated names whose components are non-empty and
+    do not start with ``.``: so no key leaves a local store's root, and names
+    starting with ``.`` stay free for a backend's own temporary objects.
+    """
+    if not key or "\x00" in key or "\\" in key:
+        raise InvalidArgumentError(f"invalid object key {key!r}")
+    if any(not part or part.startswith(".") for part in key.split("/")):
+        raise InvalidArgumentError(
+            f"object key {key!r} has an empty component or one starting with '.'"
+        )
+
+
+def check_prefix(prefix: str) -> None:
+    """Refuse a list prefix that could name anything outside the store."""
+    if "\x00" in prefix or "\\" in prefix or prefix.startswith("/"):
+        raise InvalidArgumentError(f"invalid list prefix: {prefix!r}")
+    if any(part in (".", "..") for part in prefix.split("/")):
+        raise InvalidArgumentError(f"list prefix must stay inside the store: {prefix!r}")
 
 
 class ObjectNotFoundError(StoreError):

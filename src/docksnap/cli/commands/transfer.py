@@ -129,10 +129,10 @@ def import_(
 def copy(app: App, snapshot_id: str, target: str) -> None:
     """Copy a snapshot into another store, verified.
 
-    The snapshot keeps its id there. Between chunked stores (file://, s3://) only the chunks the target lacks
-    travel, each checked against its hash. The copy appears complete or not at
-    all, and copying again changes nothing. S3 credentials come from
-    AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE.
+    The snapshot keeps its id there. Between chunked stores (file://, s3://)
+    only the chunks the target lacks travel, each checked against its hash.
+    The copy appears complete or not at all, and copying again changes nothing.
+    S3 credentials come from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE.
 
     \b
     Example:

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import TypeVar
 
 from docksnap.errors import InvalidArgumentError, StoreError, StoreUnavailableError
-from docksnap.store.objects import ObjectInfo, ObjectNotFoundError
+from docksnap.store.objects import ObjectInfo, ObjectNotFoundError, check_key, check_prefix
 from docksnap.store.s3.config import RetryPolicy, S3Config
 from docksnap.store.s3.transport import FailureKind, ObstoreTransport, S3Failure, Transport
 
@@ -87,7 +87,7 @@ class S3ObjectStore:
         Atomic (S3 never shows a partial object) and idempotent, so transient
         faults are retried; permanent ones raise :class:`StoreError` at once.
         """
-        _check_key(key)
+        check_key(key)
         self._call("put", key, lambda: self._transport.put(key, data, create=False))
 
     def put_if_absent(self, key: str, data: bytes | memoryview) -> bool:
@@ -100,7 +100,7 @@ class S3ObjectStore:
         object: the stored bytes are compared with ``data``, and equal bytes
         count as this call's creation.
         """
-        _check_key(key)
+        check_key(key)
         self._ensure_bucket("put_if_absent", key)
         self._check_conditional_writes()
         ambiguous = False
@@ -123,7 +123,7 @@ class S3ObjectStore:
 
     def exists(self, key: str) -> bool:
         """HEAD ``key``. Read-only and idempotent; transient faults are retried."""
-        _check_key(key)
+        check_key(key)
         try:
             self._call("exists", key, lambda: self._transport.head(key))
         except ObjectNotFoundError:
@@ -132,12 +132,12 @@ class S3ObjectStore:
 
     def get(self, key: str) -> bytes:
         """The whole object; :class:`ObjectNotFoundError` if absent. Idempotent, retried."""
-        _check_key(key)
+        check_key(key)
         return self._call("get", key, lambda: self._transport.get(key))
 
     def get_range(self, key: str, start: int, length: int) -> bytes:
         """``length`` bytes from ``start``; a range past the object's end is a StoreError."""
-        _check_key(key)
+        check_key(key)
         if start < 0 or length < 0:
             raise InvalidArgumentError(f"invalid range start={start} length={length}")
         if length == 0:
@@ -156,7 +156,7 @@ class S3ObjectStore:
         the last key listed, so no key is repeated or skipped; the retry budget
         is renewed whenever a page arrives.
         """
-        _check_prefix(prefix)
+        check_prefix(prefix)
         self._ensure_bucket("list", prefix)
         # S3 lists by string prefix, but obstore by whole path segments: list the
         # segment that holds the prefix and filter (e.g. "locks/gc" lists "locks/").
@@ -190,7 +190,7 @@ class S3ObjectStore:
 
     def delete(self, key: str) -> None:
         """Remove ``key``; a missing key is success. Idempotent, so retried."""
-        _check_key(key)
+        check_key(key)
         self._call("delete", key, lambda: self._transport.delete(key))
 
     def close(self) -> None:
@@ -340,25 +340,6 @@ def _denied_hint(code: str | None) -> str:
 
 def _is_probe(key: str) -> bool:
     return key.startswith(_PROBE_PREFIX)
-
-
-def _check_key(key: str) -> None:
-    """Keys are relative ``/``-separated names whose components are non-empty and do
-    not start with ``.`` (the rule LocalObjectStore enforces: one key space for all
-    backends, and the probe prefix stays private)."""
-    if not key or "\x00" in key or "\\" in key:
-        raise InvalidArgumentError(f"invalid object key {key!r}")
-    if any(not part or part.startswith(".") for part in key.split("/")):
-        raise InvalidArgumentError(
-            f"object key {key!r} has an empty component or one starting with '.'"
-        )
-
-
-def _check_prefix(prefix: str) -> None:
-    if "\x00" in prefix or "\\" in prefix or prefix.startswith("/"):
-        raise InvalidArgumentError(f"invalid list prefix: {prefix!r}")
-    if any(part in (".", "..") for part in prefix.split("/")):
-        raise InvalidArgumentError(f"list prefix must stay inside the store: {prefix!r}")
 
 
 __all__ = ["RetryPolicy", "S3Config", "S3ObjectStore"]
