@@ -112,7 +112,9 @@ class Bench:
 
     def new_store(self, tag: str) -> str:
         """A store URL nothing has used yet, under the run's store base."""
-        url = f"{self.store_base.rstrip('/')}/{self.engine.run_id}-{tag}"
+        base = urlsplit(self.store_base)
+        sub = f"{base.path.rstrip('/')}/{self.engine.run_id}-{tag}"
+        url = base._replace(path=sub).geturl()  # keeps ?endpoint=… after the path
         path = _local_path(url)
         if path is not None:
             # docksnap's LocalObjectStore creates the store directory but not its parent.

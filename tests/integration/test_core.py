@@ -11,12 +11,14 @@ import json
 import pickle
 import re
 import subprocess
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pytest
 
 import docksnap
+import docksnap.docker
 from docksnap import DirectorySnapshot, SnapshotRestore
 from docksnap.store.base import TarReader
 from tests.conftest import ALT_IMAGE, TEST_IMAGE, read_file, sleeper, unique_name
@@ -413,3 +415,31 @@ def _docker_lines(*args: str) -> list[str]:
     return subprocess.run(
         ["docker", *args], capture_output=True, text=True, check=True
     ).stdout.split()
+
+
+async def test_stale_snapshot_volumes_are_warned_about_once(
+    docker_engine: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Snapshot volumes 30+ days old are logged once per process, never deleted."""
+    from docksnap.store import volume as volume_store
+    from tests.conftest import SESSION_LABELS
+
+    old = DirectorySnapshot(id="0d5e0f3a-7c1b-4e2d-9a8b-1c2d3e4f5a6b", size=0, dir="/old")
+    docker = docksnap.docker.DockerClient()
+    store = volume_store.VolumeStore(docker, extra_labels=SESSION_LABELS)
+    labels = store._meta_labels(old, docksnap.SnapshotSource("c", TEST_IMAGE), None)
+    labels["io.docksnap.created-at"] = str(int(time.time()) - 31 * 24 * 3600)
+    name = volume_store.meta_volume(old.id)
+    await docker.create_volume(name, labels)
+    volume_store._stale_check_done = False
+    try:
+        with caplog.at_level("WARNING", logger="docksnap.store.volume"):
+            await store._warn_about_stale_volumes_once()
+            await store._warn_about_stale_volumes_once()
+        warnings = [r for r in caplog.records if "30+ days" in r.getMessage()]
+        assert len(warnings) == 1
+        assert name in warnings[0].getMessage()
+        assert await docker.inspect_volume(name) is not None  # warned, not deleted
+    finally:
+        await docker.remove_volume(name)
+        await docker.aclose()

@@ -148,3 +148,31 @@ class TestSnapshotRestore:
             SnapshotRestore(snap, mount_point="rel")
         with pytest.raises(InvalidSnapshotError):
             SnapshotRestore({"id": GOOD_ID})  # type: ignore[arg-type]
+
+
+class TestArgumentChecksBeforeAnyIO:
+    """Bad arguments are refused before docksnap talks to Docker or the store."""
+
+    @pytest.mark.parametrize(
+        ("kwargs", "needle"),
+        [
+            ({"size_limit": 0}, "size_limit"),
+            ({"size_limit": -5}, "size_limit"),
+            ({"size_limit": True}, "size_limit"),
+            ({"ttl": -1}, "ttl"),
+            ({"ttl": "1d"}, "ttl"),
+            ({"name": 3}, "name"),
+        ],
+    )
+    async def test_snapshot_arguments(self, kwargs: dict[str, object], needle: str) -> None:
+        """snapshot_directory() names the bad argument (no engine needed to refuse it)."""
+        from docksnap import Client, InvalidArgumentError
+
+        client = Client(docker_host="unix:///nonexistent.sock", store="docker-volume:")
+        try:
+            with pytest.raises(InvalidArgumentError, match=needle):
+                await client.container("x").snapshot_directory("/data", **kwargs)  # type: ignore[arg-type]
+            with pytest.raises(InvalidPathError, match="relative"):
+                await client.container("x").snapshot_directory("relative")
+        finally:
+            await client.close()

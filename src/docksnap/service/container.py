@@ -161,6 +161,12 @@ class Container:
         if name is not None and not isinstance(name, str):
             raise InvalidArgumentError(f"snapshot name must be a string, got {name!r}")
         limit = self._client.size_limit if size_limit is None else size_limit
+        if not is_int(limit) or limit <= 0:
+            raise InvalidArgumentError(f"size_limit must be a positive integer, got {limit!r}")
+        if ttl is not None and (
+            not isinstance(ttl, int | float) or isinstance(ttl, bool) or ttl <= 0
+        ):
+            raise InvalidArgumentError(f"ttl must be a positive number of seconds, got {ttl!r}")
         async with self._turn:
             state = await self._require_running("snapshot_directory()")
             record = DirectorySnapshot(id=new_snapshot_id(), size=0, dir=path, name=name)

@@ -52,6 +52,13 @@ class ChunkFetcher:
         Other :class:`~docksnap.errors.StoreError` (I/O faults) pass through: they
         say nothing about the data and may be worth a retry.
         """
+        return self._fetch(ref)[1]
+
+    def fetch_stored(self, ref: ChunkRef) -> bytes:
+        """The chunk's stored (encoded) bytes, verified as :meth:`fetch` does (for copies)."""
+        return self._fetch(ref)[0]
+
+    def _fetch(self, ref: ChunkRef) -> tuple[bytes, bytes | memoryview]:
         key = chunk_key(ref.hash)
         try:
             stored = self._objects.get(key)
@@ -62,7 +69,7 @@ class ChunkFetcher:
         data = self._verified(ref, stored, trash_key(ref.hash) if from_trash else key)
         if from_trash:
             self._restore(key, stored)
-        return data
+        return stored, data
 
     def fetch_group(self, refs: Sequence[ChunkRef]) -> bytes:
         """Several consecutive chunks joined: one piece of the stream."""

@@ -20,17 +20,15 @@ from dataclasses import dataclass
 
 from docksnap.errors import SnapshotCorruptError, SnapshotNotFoundError, StoreError
 from docksnap.store.chunked.format import (
-    ChunkDecodeError,
     ChunkRef,
     Manifest,
     chunk_key,
-    decode_chunk,
     hash_hex,
     is_snapshot_id,
     manifest_key,
-    trash_key,
     used_key,
 )
+from docksnap.store.chunked.reader import ChunkFetcher
 from docksnap.store.chunked.store import ChunkedStore
 from docksnap.store.objects import ObjectNotFoundError
 
@@ -58,6 +56,7 @@ class ChunkCopier:
         self._target = target
         self._id = snapshot_id
         self._workers = max(1, workers)
+        self._fetcher = ChunkFetcher(source.objects, snapshot_id)
 
     def run(self) -> ChunkCopyStats:
         """Copy, or do nothing if the target already holds this exact snapshot.
@@ -129,32 +128,10 @@ class ChunkCopier:
         key = chunk_key(ref.hash)
         if self._target.objects.exists(key):
             return -1
-        stored = self._fetch_verified(ref)
+        stored = self._fetcher.fetch_stored(ref)
         # put_if_absent: a concurrent save on the target may be writing the same chunk.
         self._target.objects.put_if_absent(key, stored)
         return len(stored)
-
-    def _fetch_verified(self, ref: ChunkRef) -> bytes:
-        """The chunk's stored (encoded) bytes from the source, after checking its hash."""
-        objects = self._source.objects
-        try:
-            stored, where = objects.get(chunk_key(ref.hash)), chunk_key(ref.hash)
-        except ObjectNotFoundError:
-            try:
-                stored, where = objects.get(trash_key(ref.hash)), trash_key(ref.hash)
-            except ObjectNotFoundError:
-                raise self._corrupt(ref, "is missing in the source") from None
-        try:
-            data = decode_chunk(stored, ref.length)
-        except ChunkDecodeError as exc:
-            raise self._corrupt(ref, f"is damaged ({where}): {exc}") from None
-        actual = hash_hex(data)
-        if actual != ref.hash:
-            raise self._corrupt(ref, f"fails verification ({where}): its bytes hash to {actual}")
-        return stored
-
-    def _corrupt(self, ref: ChunkRef, detail: str) -> SnapshotCorruptError:
-        return SnapshotCorruptError(self._id, f"chunk {ref.hash} {detail}")
 
     # --- index and use record -------------------------------------------------------------
 
