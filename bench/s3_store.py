@@ -26,6 +26,7 @@ from pathlib import Path
 
 import boto3
 from botocore.config import Config
+from s3_requests import empty_bucket  # run from bench/, as its sibling
 
 from docksnap.model import DirectorySnapshot, new_snapshot_id
 from docksnap.store.base import SnapshotSource
@@ -111,14 +112,6 @@ def admin() -> object:
     )
 
 
-def empty(s3: object, bucket: str) -> None:
-    paginator = s3.get_paginator("list_objects_v2")  # type: ignore[attr-defined]
-    for page in paginator.paginate(Bucket=bucket):
-        objects = [{"Key": item["Key"]} for item in page.get("Contents", [])]
-        if objects:
-            s3.delete_objects(Bucket=bucket, Delete={"Objects": objects})  # type: ignore[attr-defined]
-
-
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="128M")
@@ -139,9 +132,9 @@ async def main() -> None:
                         print(await measure("local", local, avg, data, workers))
                 config = S3Config.from_url(f"s3://{bucket}/avg-{avg}-{workers}")
                 print(await measure("s3", S3ObjectStore(config), avg, data, workers))
-                empty(s3, bucket)
+                empty_bucket(s3, bucket)
     finally:
-        empty(s3, bucket)
+        empty_bucket(s3, bucket)
         s3.delete_bucket(Bucket=bucket)  # type: ignore[attr-defined]
 
 

@@ -19,15 +19,12 @@ JSON = dict[str, Any]
 
 
 def record(snapshot: DirectorySnapshot) -> JSON:
-    """The portable record; ``DirectorySnapshot.from_dict`` accepts it as is."""
-    return {
-        "id": snapshot.id,
-        "size": snapshot.size,
-        "dir": snapshot.dir,
-        "name": snapshot.name,
-        "digest": snapshot.digest,
-        "created_at": snapshot.created_at,
-    }
+    """The portable record; ``DirectorySnapshot.from_dict`` accepts it as is.
+
+    Unlike ``to_dict`` it always carries the optional fields (``null`` when
+    unset), so scripts see the same keys every time.
+    """
+    return {**snapshot.to_dict(), "digest": snapshot.digest, "created_at": snapshot.created_at}
 
 
 def info(item: SnapshotInfo) -> JSON:

@@ -82,9 +82,8 @@ class EngineAddress:
 
 @dataclass(frozen=True, slots=True)
 class ArchiveStream:
-    """An archive being read: its ``stat`` header and the tar bytes, in order."""
+    """An archive being read: the tar bytes, in order."""
 
-    stat: JSON
     chunks: AsyncIterator[bytes]
 
 
@@ -327,8 +326,7 @@ class DockerClient:
             operation="read archive",
             params={"path": path},
         ) as response:
-            stat = _decode_stat(response.headers.get("X-Docker-Container-Path-Stat", ""))
-            yield ArchiveStream(stat=stat, chunks=response.aiter_raw())
+            yield ArchiveStream(chunks=response.aiter_raw())
 
     async def put_archive(
         self, container: str, path: str, tar: AsyncIterable[bytes], *, size: int | None = None
