@@ -200,6 +200,7 @@ def evaluate(results: Results) -> list[Target]:
 
 
 def write_json(path: Path, document: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(document, indent=2, default=_jsonable) + "\n")
     os.replace(tmp, path)

@@ -117,7 +117,7 @@ def install(timer: StageTimer) -> None:
     from docksnap.docker.client import ArchiveStream, DockerClient
     from docksnap.store.chunked import reader, store, writer
     from docksnap.store.chunked.cutter import StreamCutter
-    from docksnap.store.local import LocalObjectStore
+    from docksnap.store.objects.local import LocalObjectStore
     from docksnap.tarstream import TarIndexer
 
     def sync(owner: Any, name: str, label: str) -> None:

@@ -4,7 +4,7 @@ Usage (in the venv): python bench/run.py [--quick] [--repeat N] [--store URL]
                      [--only CASES] [--datasets SETS] [--profile] [--seed N]
 
 Builds deterministic data sets inside one busybox container, runs every selected case
-on them (interleaved, ``--repeat`` times), writes bench/results.json and prints a table
+on them (interleaved, ``--repeat`` times), writes bench/out/results.json and prints a table
 with ratios and PASS/FAIL per target. See bench/README.md.
 """
 
@@ -34,6 +34,7 @@ from _engine import Engine
 from docksnap.docker import DockerClient
 
 HERE = Path(__file__).resolve().parent
+OUT = HERE / "out"
 BASELINE = "baseline"
 BASELINE_SPEC = _data.DatasetSpec(
     BASELINE,
@@ -55,9 +56,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--store", help="store URL base (default: a fresh file:// temp dir)")
     parser.add_argument("--only", help="comma-separated cases: " + ",".join(CASES))
     parser.add_argument("--datasets", help="comma-separated data sets (default: all)")
-    parser.add_argument("--profile", action="store_true", help="write bench/profile-*.txt")
+    parser.add_argument("--profile", action="store_true", help="write bench/out/profile-*.txt")
     parser.add_argument("--seed", type=int, default=20261128, help="data seed")
-    parser.add_argument("--output", type=Path, default=HERE / "results.json")
+    # Runs write under bench/out/ (not committed); the README's reference figures are
+    # bench/results.json, regenerated on purpose with --output (see bench/README.md).
+    parser.add_argument("--output", type=Path, default=OUT / "results.json")
     args = parser.parse_args(argv)
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
@@ -124,7 +127,8 @@ async def profile_dataset(bench: Bench, data: Prepared) -> dict[str, str]:
     """One profiled snapshot and restore (chunked store); the files written."""
     name = data.spec.name
     store = bench.new_store(f"{name}-profile")
-    out = {op: HERE / f"profile-{name}-{op}.txt" for op in ("snapshot", "restore")}
+    OUT.mkdir(exist_ok=True)
+    out = {op: OUT / f"profile-{name}-{op}.txt" for op in ("snapshot", "restore")}
     try:
         _, record = await bench.snapshot(store, data.spec.dir, profile=out["snapshot"])
         container = bench.engine.name("profile")

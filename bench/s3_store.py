@@ -31,9 +31,9 @@ from s3_requests import empty_bucket  # run from bench/, as its sibling
 from docksnap.model import DirectorySnapshot, new_snapshot_id
 from docksnap.store.base import SnapshotSource
 from docksnap.store.chunked import ChunkedStore, ChunkerParams
-from docksnap.store.local import LocalObjectStore
 from docksnap.store.objects import ObjectStore
-from docksnap.store.s3 import S3Config, S3ObjectStore
+from docksnap.store.objects.local import LocalObjectStore
+from docksnap.store.objects.s3 import S3Config, S3ObjectStore
 
 SOURCE = SnapshotSource(container="bench", image="bench")
 PIECE = 1024 * 1024

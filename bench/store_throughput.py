@@ -27,8 +27,8 @@ from pathlib import Path
 from docksnap.model import DirectorySnapshot, new_snapshot_id
 from docksnap.store.base import SnapshotSource
 from docksnap.store.chunked import ChunkedStore
-from docksnap.store.local import LocalObjectStore
 from docksnap.store.objects import ObjectInfo, ObjectNotFoundError, ObjectStore
+from docksnap.store.objects.local import LocalObjectStore
 
 SOURCE = SnapshotSource(container="bench", image="bench")
 PIECE = 64 * 1024  # what httpx hands over from the Docker socket

@@ -25,7 +25,7 @@ from botocore.config import Config
 from docksnap.store.base import SnapshotStore
 from docksnap.store.chunked import ChunkedStore
 from docksnap.store.objects import ObjectStore
-from docksnap.store.s3 import RetryPolicy, S3Config, S3ObjectStore
+from docksnap.store.objects.s3 import RetryPolicy, S3Config, S3ObjectStore
 
 ENDPOINT_VAR = "DOCKSNAP_TEST_S3_ENDPOINT"
 

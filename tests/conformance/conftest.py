@@ -25,8 +25,8 @@ import pytest
 from docksnap.docker import DockerClient
 from docksnap.store.base import SnapshotStore
 from docksnap.store.chunked import ChunkedStore
-from docksnap.store.local import LocalObjectStore
 from docksnap.store.objects import ObjectStore
+from docksnap.store.objects.local import LocalObjectStore
 from docksnap.store.volume import VolumeStore
 from tests.conftest import SESSION_LABELS, session_volume_snapshots
 from tests.s3support import chunked_s3, s3_objects

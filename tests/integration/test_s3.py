@@ -33,8 +33,8 @@ from docksnap.model import DirectorySnapshot, new_snapshot_id
 from docksnap.store.base import SnapshotSource
 from docksnap.store.chunked import ChunkedStore
 from docksnap.store.chunked.format import CHUNKS, MANIFESTS, TRASH
-from docksnap.store.local import LocalObjectStore
-from docksnap.store.s3 import S3ObjectStore
+from docksnap.store.objects.local import LocalObjectStore
+from docksnap.store.objects.s3 import S3ObjectStore
 from tests.conformance.streams import build_tar, pieces, random_files, text_files
 from tests.conftest import SESSION_ID, SESSION_LABEL, SESSION_LABELS, TEST_IMAGE, unique_name
 from tests.faultproxy import FaultProxy

@@ -39,8 +39,8 @@ from docksnap.store.chunked.format import (
     open_record,
     trash_key,
 )
-from docksnap.store.local import LocalObjectStore
 from docksnap.store.objects import ObjectInfo
+from docksnap.store.objects.local import LocalObjectStore
 from docksnap.tarstream import TarFormatError
 from tests.conformance.streams import (
     build_tar,
@@ -585,7 +585,7 @@ _CHILD = textwrap.dedent(
     from docksnap.model import DirectorySnapshot, new_snapshot_id
     from docksnap.store.base import SnapshotSource
     from docksnap.store.chunked import ChunkedStore
-    from docksnap.store.local import LocalObjectStore
+    from docksnap.store.objects.local import LocalObjectStore
 
     from tests.conformance.streams import file_header
 
@@ -655,7 +655,7 @@ def test_saving_a_large_stream_keeps_memory_bounded(tmp_path: Path) -> None:
         from docksnap.model import DirectorySnapshot, new_snapshot_id
         from docksnap.store.base import SnapshotSource
         from docksnap.store.chunked import ChunkedStore
-        from docksnap.store.local import LocalObjectStore
+        from docksnap.store.objects.local import LocalObjectStore
         from tests.conformance.streams import file_header, tar_trailer
 
         def peak() -> int:

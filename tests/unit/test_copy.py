@@ -19,7 +19,7 @@ from docksnap.model import DirectorySnapshot, new_snapshot_id
 from docksnap.store.base import SnapshotSource
 from docksnap.store.chunked import ChunkedStore
 from docksnap.store.copy import copy_snapshot
-from docksnap.store.local import LocalObjectStore
+from docksnap.store.objects.local import LocalObjectStore
 from tests.conformance.streams import build_tar, pieces, random_files, text_files
 
 SOURCE = SnapshotSource(container="box", image="img:latest")

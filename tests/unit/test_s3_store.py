@@ -18,8 +18,8 @@ from obstore.exceptions import AlreadyExistsError, GenericError, PermissionDenie
 
 from docksnap.errors import InvalidArgumentError, StoreError, StoreUnavailableError
 from docksnap.store.objects import ObjectInfo, ObjectNotFoundError
-from docksnap.store.s3 import RetryPolicy, S3Config, S3ObjectStore
-from docksnap.store.s3.transport import FailureKind, S3Failure, classify
+from docksnap.store.objects.s3 import RetryPolicy, S3Config, S3ObjectStore
+from docksnap.store.objects.s3.transport import FailureKind, S3Failure, classify
 
 BUCKET = "unit-bucket"
 RETRY = RetryPolicy(attempts=5, base_delay=0.1, max_delay=0.4)

@@ -16,7 +16,7 @@ import pytest
 
 from docksnap.errors import StoreError, StoreUnavailableError
 from docksnap.store.objects import ObjectNotFoundError
-from docksnap.store.s3 import RetryPolicy, S3Config, S3ObjectStore
+from docksnap.store.objects.s3 import RetryPolicy, S3Config, S3ObjectStore
 
 _EMPTY_LIST = (
     b'<?xml version="1.0" encoding="UTF-8"?><ListBucketResult>'

@@ -4,7 +4,8 @@ All traffic goes through :meth:`DockerClient._send`, the one place where httpx
 is called and its exceptions are translated into docksnap's. Nothing above this
 package imports httpx.
 
-Two rules come from measurements on real engines (reference/performance.md):
+Two rules come from measurements on real engines (the benchmark's ``raw_get`` case,
+bench/README.md, measures the first):
 
 * Archive requests always send ``Accept-Encoding: identity``. With httpx's
   default ``gzip`` the daemon compresses the tar on the fly and streams at

@@ -42,7 +42,7 @@ def open_store(
     scheme = urlsplit(url).scheme
     if scheme == "file":
         from docksnap.store.chunked import ChunkedStore
-        from docksnap.store.local import LocalObjectStore
+        from docksnap.store.objects.local import LocalObjectStore
 
         path = unquote(urlsplit(url).path)
         if not path.startswith("/"):
@@ -50,7 +50,7 @@ def open_store(
         return ChunkedStore(LocalObjectStore(Path(path)))
     if scheme == "s3":
         from docksnap.store.chunked import ChunkedStore
-        from docksnap.store.s3 import S3ObjectStore
+        from docksnap.store.objects.s3 import S3ObjectStore
 
         return ChunkedStore(S3ObjectStore.from_url(url))
     if scheme == "docker-volume":

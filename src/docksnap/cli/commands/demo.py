@@ -6,9 +6,9 @@ import click
 
 from docksnap.cli import render, shapes
 from docksnap.cli.app import App, Result, output_options, pass_app
+from docksnap.cli.demo import run_demo
 from docksnap.cli.exits import ExitCode
 from docksnap.cli.progress import Meter
-from docksnap.demo import run_demo
 from docksnap.service.client import Client
 
 

@@ -1,6 +1,6 @@
 """One S3 request each, no retries: the seam between the store's policy and the wire.
 
-:class:`Transport` is what :class:`~docksnap.store.s3.S3ObjectStore` needs from an
+:class:`Transport` is what :class:`~docksnap.store.objects.s3.S3ObjectStore` needs from an
 S3 client. Every failure comes out as an :class:`S3Failure` that says what kind
 of failure it is (transient, missing, denied …), so the retry policy and the
 error messages live in one place above this seam, and tests can script any
@@ -33,7 +33,7 @@ from obstore.store import S3Store
 
 from docksnap.errors import InvalidArgumentError
 from docksnap.store.objects import ObjectInfo
-from docksnap.store.s3.config import S3Config
+from docksnap.store.objects.s3.config import S3Config
 
 if TYPE_CHECKING:
     from obstore.store import ClientConfig

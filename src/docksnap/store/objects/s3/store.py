@@ -5,7 +5,7 @@ which S3 and its clones apply atomically; the commit point of the chunked store
 (``put_if_absent`` of a manifest) is a PUT with ``If-None-Match: *``, so of two
 hosts saving into one bucket exactly one creates a given key.
 
-Failures are sorted once, here (see :class:`~docksnap.store.s3.transport.FailureKind`):
+Failures are sorted once, here (see :class:`~docksnap.store.objects.s3.transport.FailureKind`):
 
 * transient (5xx, 429/SlowDown, 409 conflict, reset, timeout): retried with
   capped exponential backoff and jitter (:class:`RetryPolicy`); still failing
@@ -28,8 +28,8 @@ from typing import TypeVar
 
 from docksnap.errors import InvalidArgumentError, StoreError, StoreUnavailableError
 from docksnap.store.objects import ObjectInfo, ObjectNotFoundError, check_key, check_prefix
-from docksnap.store.s3.config import RetryPolicy, S3Config
-from docksnap.store.s3.transport import FailureKind, ObstoreTransport, S3Failure, Transport
+from docksnap.store.objects.s3.config import RetryPolicy, S3Config
+from docksnap.store.objects.s3.transport import FailureKind, ObstoreTransport, S3Failure, Transport
 
 _T = TypeVar("_T")
 

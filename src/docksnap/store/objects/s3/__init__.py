@@ -7,7 +7,7 @@ docs/S3.md says what each provider needs and why the pieces are as they are.
 
 from __future__ import annotations
 
-from docksnap.store.s3.config import RetryPolicy, S3Config
-from docksnap.store.s3.store import S3ObjectStore
+from docksnap.store.objects.s3.config import RetryPolicy, S3Config
+from docksnap.store.objects.s3.store import S3ObjectStore
 
 __all__ = ["RetryPolicy", "S3Config", "S3ObjectStore"]
