@@ -78,7 +78,7 @@ async def timed_save(store: ChunkedStore, data: bytes) -> tuple[float, str]:
 
 async def timed_read(store: ChunkedStore, snapshot_id: str) -> float:
     started = time.perf_counter()
-    async with store.open(snapshot_id, image="bench") as reader:
+    async with store.open(snapshot_id) as reader:
         async for _ in reader:
             pass
     return time.perf_counter() - started

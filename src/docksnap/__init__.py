@@ -5,6 +5,7 @@ snapshot; start new containers with snapshots restored before their entrypoint
 runs. A Python implementation of workerd's containers snapshot API.
 """
 
+from docksnap.docker import ArchiveStream, DockerClient
 from docksnap.errors import (
     ContainerAlreadyRunningError,
     ContainerError,
@@ -26,42 +27,70 @@ from docksnap.errors import (
     StoreUnavailableError,
     UnsafeArchiveError,
 )
-from docksnap.model import DirectorySnapshot, SnapshotRestore
+from docksnap.model import DirectorySnapshot, SnapshotInfo, SnapshotRestore, SnapshotSource
 from docksnap.service import Catalogue, Client, Container
-from docksnap.store.base import SnapshotInfo, SnapshotSource
-from docksnap.tarstream import TarError, TarFormatError, TarLimitError
+from docksnap.service.archive import FileChange, SnapshotDiff
+from docksnap.service.container import ContainerContext
+from docksnap.service.progress import Operation, Phase, ProgressEvent, ProgressHook
+from docksnap.store.base import (
+    GcReport,
+    Problem,
+    SnapshotStore,
+    StoreStats,
+    TarReader,
+    VerifyReport,
+)
+from docksnap.store.copy import CopyReport
+from docksnap.tarstream import TarEntry, TarError, TarFormatError, TarLimitError
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ArchiveStream",
     "Catalogue",
     "Client",
     "Container",
     "ContainerAlreadyRunningError",
+    "ContainerContext",
     "ContainerError",
     "ContainerNotFoundError",
     "ContainerNotRunningError",
     "ContainerStartError",
+    "CopyReport",
     "DirectoryNotFoundError",
     "DirectorySnapshot",
+    "DockerClient",
     "DockerError",
     "DockerUnavailableError",
     "DocksnapError",
+    "FileChange",
+    "GcReport",
     "InvalidArgumentError",
     "InvalidPathError",
     "InvalidSnapshotError",
+    "Operation",
+    "Phase",
+    "Problem",
+    "ProgressEvent",
+    "ProgressHook",
     "SnapshotCorruptError",
+    "SnapshotDiff",
     "SnapshotInfo",
     "SnapshotNotFoundError",
     "SnapshotRestore",
     "SnapshotSource",
+    "SnapshotStore",
     "SnapshotTooLargeError",
     "StoreError",
     "StoreFormatError",
+    "StoreStats",
     "StoreUnavailableError",
+    "TarEntry",
     "TarError",
     "TarFormatError",
     "TarLimitError",
+    "TarReader",
     "UnsafeArchiveError",
+    "VerifyReport",
     "__version__",
 ]

@@ -75,6 +75,11 @@ class DirectorySnapshot:
     stream, ``dir`` the absolute path it was taken from, ``name`` the caller's
     label (``None`` when not given or empty). ``digest`` and ``created_at`` are
     optional extras: a record carrying only the four seed fields still restores.
+
+    ``info`` is set on the handles that ``snapshot_directory`` and ``import_tar``
+    return: the full catalogue entry the store committed (source, TTL, times), so
+    nobody has to fetch it again. It is a moment's answer, not part of the record:
+    ``to_dict``, equality and ``repr`` ignore it, and ``from_dict`` never sets it.
     """
 
     id: str
@@ -83,6 +88,9 @@ class DirectorySnapshot:
     name: str | None = None
     digest: str | None = None
     created_at: float | None = None
+    # What the store said when it returned this handle (snapshot_directory,
+    # import_tar). Not part of the record: never compared, printed or serialized.
+    info: SnapshotInfo | None = field(default=None, compare=False, repr=False, kw_only=True)
 
     def __post_init__(self) -> None:
         if not is_snapshot_id(self.id):
@@ -105,6 +113,10 @@ class DirectorySnapshot:
             not isinstance(self.created_at, float) and not is_int(self.created_at)
         ):
             raise InvalidSnapshotError("created_at", self.created_at, "must be a number")
+        if self.info is not None and (
+            not isinstance(self.info, SnapshotInfo) or self.info.id != self.id
+        ):
+            raise InvalidSnapshotError("info", self.info, f"must be the SnapshotInfo of {self.id}")
 
     def to_dict(self) -> dict[str, Any]:
         """The record as JSON-ready data; extras appear only when set."""
@@ -178,3 +190,42 @@ class SnapshotRestore:
     def of(cls, item: DirectorySnapshot | SnapshotRestore) -> SnapshotRestore:
         """Accept the shorthand of a bare snapshot in ``start(snapshots=[...])``."""
         return item if isinstance(item, SnapshotRestore) else cls(item)
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotSource:
+    """Where a snapshot came from: the container's name and the image it ran."""
+
+    container: str
+    image: str
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotInfo:
+    """A catalogue entry: the portable record plus what the store knows about it.
+
+    ``created_at`` and ``last_used_at`` are Unix seconds; ``ttl`` is seconds of
+    disuse after which :meth:`docksnap.Catalogue.expire` deletes the snapshot.
+    """
+
+    snapshot: DirectorySnapshot
+    created_at: float
+    last_used_at: float
+    source: SnapshotSource | None = None
+    ttl: float | None = None
+
+    @property
+    def id(self) -> str:
+        return self.snapshot.id
+
+    @property
+    def name(self) -> str | None:
+        return self.snapshot.name
+
+    @property
+    def dir(self) -> str:
+        return self.snapshot.dir
+
+    @property
+    def size(self) -> int:
+        return self.snapshot.size

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from docksnap.docker import DockerClient
+from docksnap.docker import DockerClient, HelperVolumes
 from docksnap.store.base import SnapshotStore
 from docksnap.store.chunked import ChunkedStore
 from docksnap.store.objects import ObjectStore
@@ -65,7 +65,7 @@ async def volume(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
     """
     request.getfixturevalue("docker_engine")
     docker = DockerClient()
-    store = VolumeStore(docker, extra_labels=SESSION_LABELS)
+    store = VolumeStore(HelperVolumes(docker), extra_labels=SESSION_LABELS)
     try:
         yield store
     finally:

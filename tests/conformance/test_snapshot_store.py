@@ -38,7 +38,7 @@ async def save(store: SnapshotStore, data: bytes, name: str | None = None) -> Sn
 
 async def read_back(store: SnapshotStore, snapshot_id: str) -> list[tuple[object, ...]]:
     """The members of the snapshot's stream; its stated size, if any, must be exact."""
-    async with store.open(snapshot_id, image=IMAGE) as reader:
+    async with store.open(snapshot_id) as reader:
         data = b"".join([piece async for piece in reader])
         assert reader.size in (None, len(data))
     return tar_members(data)
@@ -55,7 +55,7 @@ async def test_save_then_open_returns_the_same_stream(snapshot_store: SnapshotSt
     assert info.snapshot.size == len(data)
     assert info.name == "first"
     assert info.dir == "/data"
-    async with snapshot_store.open(info.id, image=IMAGE) as reader:
+    async with snapshot_store.open(info.id) as reader:
         back = b"".join([piece async for piece in reader])
         assert reader.size in (None, len(back))
     assert tar_members(back) == tar_members(data)
@@ -72,7 +72,7 @@ async def test_get_returns_the_saved_record(snapshot_store: SnapshotStore) -> No
 
 
 async def _open_only(store: SnapshotStore, snapshot_id: str) -> None:
-    async with store.open(snapshot_id, image=IMAGE):
+    async with store.open(snapshot_id):
         pass
 
 

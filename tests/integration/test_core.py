@@ -277,8 +277,8 @@ async def test_failed_restore_leaves_nothing_behind(
     real_open = client.store.open
 
     @asynccontextmanager
-    async def failing_open(snapshot_id: str, *, image: str) -> AsyncIterator[TarReader]:
-        async with real_open(snapshot_id, image=image) as reader:
+    async def failing_open(snapshot_id: str) -> AsyncIterator[TarReader]:
+        async with real_open(snapshot_id) as reader:
             if snapshot_id != bad.id:
                 yield reader
                 return
@@ -426,7 +426,8 @@ async def test_stale_snapshot_volumes_are_warned_about_once(
 
     old = DirectorySnapshot(id="0d5e0f3a-7c1b-4e2d-9a8b-1c2d3e4f5a6b", size=0, dir="/old")
     docker = docksnap.docker.DockerClient()
-    store = volume_store.VolumeStore(docker, extra_labels=SESSION_LABELS)
+    engine = docksnap.docker.HelperVolumes(docker)
+    store = volume_store.VolumeStore(engine, extra_labels=SESSION_LABELS)
     labels = store._meta_labels(old, docksnap.SnapshotSource("c", TEST_IMAGE), None)
     labels["io.docksnap.created-at"] = str(int(time.time()) - 31 * 24 * 3600)
     name = volume_store.meta_volume(old.id)
@@ -442,4 +443,26 @@ async def test_stale_snapshot_volumes_are_warned_about_once(
         assert await docker.inspect_volume(name) is not None  # warned, not deleted
     finally:
         await docker.remove_volume(name)
+        await docker.aclose()
+
+
+async def test_the_volume_store_refuses_a_save_without_a_helper_image(
+    docker_engine: None,
+) -> None:
+    """Without its own helper image or a source image there is nothing to run: refused first."""
+    from docksnap.store.volume import VolumeStore, data_volume
+    from tests.conftest import SESSION_LABELS
+
+    docker = docksnap.docker.DockerClient()
+    store = VolumeStore(docksnap.docker.HelperVolumes(docker), extra_labels=SESSION_LABELS)
+    record = DirectorySnapshot(id=docksnap.model.new_snapshot_id(), size=0, dir="/d")
+
+    async def tar() -> AsyncIterator[bytes]:
+        yield b"\0" * 1024
+
+    try:
+        with pytest.raises(docksnap.InvalidArgumentError, match="helper"):
+            await store.save(record, tar(), source=docksnap.SnapshotSource("", ""))
+        assert await docker.inspect_volume(data_volume(record.id)) is None
+    finally:
         await docker.aclose()

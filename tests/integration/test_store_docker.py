@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import docksnap
+from docksnap.service.archive import COMPARED_FIELDS
 from tests.conftest import SESSION_LABELS, TEST_IMAGE, read_file, sleeper, unique_name
 
 pytestmark = pytest.mark.docker
@@ -160,3 +161,42 @@ async def test_files_and_diff(client: docksnap.Client, box: docksnap.Container) 
     assert [e.path for e in diff.added] == ["added"]
     assert [e.path for e in diff.removed] == ["src/f2.bin"]
     assert "src/t1.txt" in [new_entry.path for _, new_entry in diff.changed]
+    changed = {change.new.path: change for change in diff.changed}
+    assert "size" in changed["src/t1.txt"].fields
+    for change in diff.changed:  # names exactly the fields that differ
+        assert change.fields == tuple(
+            f for f in COMPARED_FIELDS if getattr(change.old, f) != getattr(change.new, f)
+        )
+        assert change.fields
+
+
+async def test_one_answer_and_progress_for_snapshot_and_restore(
+    store_dir: Path, box: docksnap.Container
+) -> None:
+    """snapshot_directory returns the committed info; the hook sees both streams move."""
+    events: list[docksnap.ProgressEvent] = []
+    async with docksnap.Client(
+        store=store_dir.as_uri(), labels=SESSION_LABELS, progress=events.append
+    ) as client:
+        snap = await client.container(box.name).snapshot_directory("/data/src", ttl=60)
+        assert snap.info is not None
+        assert snap.info == await client.snapshots.get(snap.id)
+        assert snap.info.source is not None
+        assert snap.info.source.container == box.name
+        assert snap.info.ttl == 60
+        target = client.container(unique_name())
+        try:
+            await target.start(TEST_IMAGE, entrypoint=sleeper(), snapshots=[snap])
+        finally:
+            await target.destroy()
+    ends = {
+        e.operation: e
+        for e in events
+        if e.phase in (docksnap.Phase.FINISHED, docksnap.Phase.FAILED)
+    }
+    assert set(ends) == {docksnap.Operation.SNAPSHOT, docksnap.Operation.RESTORE}
+    for end in ends.values():
+        assert end.phase is docksnap.Phase.FINISHED
+        assert end.snapshot_id == snap.id
+        assert end.bytes_done == snap.size
+    assert ends[docksnap.Operation.RESTORE].bytes_total == snap.size

@@ -75,7 +75,7 @@ async def save(store: ChunkedStore, data: bytes, sizes: tuple[int, ...] = (65536
 
 
 async def read_back(store: ChunkedStore, snapshot_id: str) -> bytes:
-    async with store.open(snapshot_id, image="docksnap-test:latest") as reader:
+    async with store.open(snapshot_id) as reader:
         return b"".join([piece async for piece in reader])
 
 
@@ -204,7 +204,7 @@ async def test_empty_archive_round_trips(store: ChunkedStore) -> None:
 async def test_pieces_are_about_one_mebibyte(store: ChunkedStore) -> None:
     data = build_tar(random_files(5, 1_000_000))
     info = await save(store, data)
-    async with store.open(info.id, image="x") as reader:
+    async with store.open(info.id) as reader:
         sizes = [len(piece) async for piece in reader]
     assert all(size >= 1 << 20 for size in sizes[:-1])
     assert max(sizes) < (1 << 20) + 256 * 1024 + 1

@@ -22,10 +22,11 @@ from docksnap.cli.app import App, Result, parse_pairs
 from docksnap.cli.commands.catalogue import _relative, _subtree
 from docksnap.cli.exits import EXIT_CODES, ExitCode, exit_code_for
 from docksnap.cli.params import byte_size
-from docksnap.cli.progress import Meter, MeteredStore
+from docksnap.cli.progress import Meter
 from docksnap.cli.streams import read_chunks, replaced_atomically
 from docksnap.store.base import SnapshotInfo, SnapshotSource
 from docksnap.tarstream import TarEntry, TarFormatError
+from tests.conformance.streams import build_tar
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "CLI.md"
 SNAP_ID = "3f2a9c1e-0b7d-4c55-9a57-1f0e4d2b8a61"
@@ -296,7 +297,7 @@ async def pieces(*chunks: bytes) -> AsyncIterator[bytes]:
 
 
 class FakeStore:
-    """Just enough of a store for MeteredStore's streams."""
+    """Just enough of a store for the catalogue's import and export streams."""
 
     url = "fake:"
 
@@ -305,10 +306,10 @@ class FakeStore:
 
     async def save(self, snapshot: Any, tar: AsyncIterator[bytes], **_: Any) -> Any:
         self.saved = b"".join([piece async for piece in tar])
-        return snapshot
+        return SnapshotInfo(snapshot, 0.0, 0.0, SnapshotSource("", ""))
 
     @asynccontextmanager
-    async def open(self, snapshot_id: str, *, image: str | None = None) -> AsyncIterator[Any]:
+    async def open(self, snapshot_id: str) -> AsyncIterator[Any]:
         class Reader:
             size = 6
 
@@ -318,26 +319,30 @@ class FakeStore:
         yield Reader()
 
 
-async def test_metered_store_passes_bytes_through_and_draws_a_bar() -> None:
+async def test_the_meter_draws_the_hooks_streams_as_bars() -> None:
+    """The CLI's bars come from the client's progress hook; bytes pass unchanged."""
     screen = io.StringIO()
     meter = Meter(Console(file=screen, force_terminal=True, width=100))
-    store = MeteredStore(FakeStore(), meter)  # type: ignore[arg-type]
-    snap = docksnap.DirectorySnapshot(id=SNAP_ID, size=0, dir="/d")
-    await store.save(snap, pieces(b"12", b"345"), source=SnapshotSource("", ""))
-    async with store.open(SNAP_ID) as reader:
+    store = FakeStore()
+    catalogue = docksnap.Catalogue(store, progress=meter)  # type: ignore[arg-type]
+    tar = build_tar({"f": b"12345"})
+    snap = await catalogue.import_tar(pieces(tar), dir="/d", size=len(tar))
+    async with catalogue.export(SNAP_ID) as reader:
         assert reader.size == 6
         assert b"".join([p async for p in reader]) == b"abcdef"
     meter.close()
-    assert store._inner.saved == b"12345"  # type: ignore[attr-defined]
-    assert "saving /d" in screen.getvalue()
-    assert "reading 3f2a9c1e" in screen.getvalue()
+    assert store.saved == tar
+    assert f"importing {snap.id[:8]}" in screen.getvalue()
+    assert "exporting 3f2a9c1e" in screen.getvalue()
     assert "━" in screen.getvalue()
 
 
-async def test_a_disabled_meter_is_a_pass_through() -> None:
+async def test_a_disabled_meter_draws_nothing_and_is_not_installed(tmp_path: Path) -> None:
     meter = Meter(None)
-    chunks = pieces(b"a")
-    assert [p async for p in meter.stream(chunks, "x")] == [b"a"]
+    assert not meter.enabled
+    client = App(store=tmp_path.as_uri()).open_client(meter)
+    assert client.progress is None
+    await client.close()
     with meter.activity("nothing to show"):
         pass
     meter.close()

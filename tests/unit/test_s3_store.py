@@ -433,11 +433,11 @@ def test_bad_urls(url: str, message: str) -> None:
 
 
 def test_open_store_maps_s3_urls_to_the_chunked_store() -> None:
-    from docksnap.docker import DockerClient
+    """No Docker client is needed, or made, for an object-store URL."""
     from docksnap.store import open_store
     from docksnap.store.chunked import ChunkedStore
 
-    store = open_store("s3://bucket/prefix?endpoint=http://127.0.0.1:1", docker=DockerClient())
+    store = open_store("s3://bucket/prefix?endpoint=http://127.0.0.1:1")
     assert isinstance(store, ChunkedStore)
     assert store.url == "s3://bucket/prefix?endpoint=http://127.0.0.1:1"
     assert isinstance(store.objects, S3ObjectStore)
@@ -447,3 +447,10 @@ def test_replace_keeps_validation() -> None:
     config = S3Config(bucket="bkt")
     with pytest.raises(InvalidArgumentError):
         replace(config, max_connections=0)
+
+
+def test_open_store_needs_an_engine_only_for_docker_volumes() -> None:
+    from docksnap.store import open_store
+
+    with pytest.raises(InvalidArgumentError, match="needs a Docker engine"):
+        open_store("docker-volume:")

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import click
 
 from docksnap.cli.exits import ExitCode, report
-from docksnap.cli.progress import Meter, MeteredStore
+from docksnap.cli.progress import Meter
 from docksnap.service.client import Client
 
 
@@ -50,12 +50,12 @@ class App:
 
     def open_client(self, meter: Meter) -> Client:
         """The one place a :class:`Client` is built from the global options."""
-        client = Client(docker_host=self.docker_host, store=self.store, labels=self.labels)
-        # Containers reach the store through client.store: wrapped, every snapshot and
-        # restore shows its bytes. client.snapshots keeps the bare store (copy() looks
-        # at its type); export and import meter the streams they own themselves.
-        client.store = MeteredStore(client.store, meter)
-        return client
+        return Client(
+            docker_host=self.docker_host,
+            store=self.store,
+            labels=self.labels,
+            progress=meter if meter.enabled else None,
+        )
 
     def run(self, body: Body, *, progress: bool = True) -> None:
         """Run ``body`` with a client, print its result, exit with its code."""

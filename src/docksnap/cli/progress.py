@@ -1,10 +1,10 @@
 """Progress on stderr: a byte bar for every snapshot stream that moves.
 
-The library has no progress callback, and needs none: the CLI hands the client's
-containers a :class:`MeteredStore`, which passes every tar stream through
-unchanged and counts it, so snapshot and restore show real bytes, rate and
-elapsed time; export and import count the streams they read and write. Steps
-that move no stream (verify, gc) show a spinner.
+A :class:`Meter` is the client's progress hook (``Client(progress=meter)``): each
+stream the library moves (snapshot, restore, export, import, copy) becomes a bar
+with real bytes, rate and elapsed time; passes that report no bytes while they
+run (verify, gc) become a spinner. Steps of the CLI's own that move no stream
+(starting or stopping a container) use :meth:`Meter.activity`.
 
 Everything here is inert unless stderr is a terminal and ``--quiet`` is off, so
 a pipe never receives an escape code.
@@ -13,7 +13,7 @@ a pipe never receives an escape code.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from rich.console import Console
 from rich.progress import (
@@ -29,17 +29,19 @@ from rich.table import Column
 from rich.text import Text
 
 from docksnap.cli import render
-from docksnap.model import DirectorySnapshot
-from docksnap.store.base import (
-    GcReport,
-    SnapshotInfo,
-    SnapshotSource,
-    SnapshotStore,
-    StoreStats,
-    TarReader,
-    VerifyReport,
-)
-from docksnap.tarstream import TarEntry
+from docksnap.service.progress import Operation, Phase, ProgressEvent
+
+_VERBS = {
+    Operation.SNAPSHOT: "saving",
+    Operation.RESTORE: "restoring",
+    Operation.EXPORT: "exporting",
+    Operation.IMPORT: "importing",
+    Operation.COPY: "copying",
+    Operation.VERIFY: "verifying",
+    Operation.GC: "collecting garbage",
+}
+# Passes whose bytes are known only at the end: a spinner, not a bar.
+_PASSES = frozenset({Operation.VERIFY, Operation.GC, Operation.COPY})
 
 
 class _BytesColumn(ProgressColumn):
@@ -72,6 +74,8 @@ class Meter:
     def __init__(self, console: Console | None) -> None:
         self._console = console
         self._progress: Progress | None = None
+        self._tasks: dict[int, tuple[contextlib.ExitStack, Callable[[int], None]]] = {}
+        self._names: dict[Operation, str] = {}
 
     @classmethod
     def for_stderr(cls, *, quiet: bool) -> Meter:
@@ -79,19 +83,47 @@ class Meter:
         # is_interactive: a terminal that can redraw a line (not TERM=dumb).
         return cls(console if console.is_interactive and not quiet else None)
 
+    @property
+    def enabled(self) -> bool:
+        """Whether anything is drawn (a terminal, not ``--quiet``)."""
+        return self._console is not None
+
     def close(self) -> None:
+        for stack, _ in self._tasks.values():
+            stack.close()
+        self._tasks.clear()
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
 
-    async def stream(
-        self, chunks: AsyncIterator[bytes], description: str, total: int | None = None
-    ) -> AsyncIterator[bytes]:
-        """Pass ``chunks`` through unchanged, counting them on a bar."""
-        with self._task(description, total, stream=True) as advance:
-            async for piece in chunks:
-                advance(len(piece))
-                yield piece
+    def name(self, operation: Operation, what: str) -> None:
+        """Show ``what`` instead of the snapshot id on this command's ``operation`` bars
+        (e.g. the file being imported, which the library does not know)."""
+        self._names[operation] = what
+
+    def __call__(self, event: ProgressEvent) -> None:
+        """The client's progress hook: one bar (or spinner) per operation."""
+        if event.phase is Phase.STARTED:
+            stack = contextlib.ExitStack()
+            stream = event.operation not in _PASSES
+            advance = stack.enter_context(
+                self._task(self._describe(event), event.bytes_total, stream=stream)
+            )
+            self._tasks[event.task] = (stack, advance)
+            return
+        entry = self._tasks.get(event.task)
+        if entry is None:
+            return
+        stack, advance = entry
+        advance(event.bytes_done)
+        if event.phase in (Phase.FINISHED, Phase.FAILED):
+            del self._tasks[event.task]
+            stack.close()
+
+    def _describe(self, event: ProgressEvent) -> str:
+        verb = _VERBS[event.operation]
+        what = self._names.get(event.operation) or (event.snapshot_id or "")[:8]
+        return f"{verb} {what}" if what else verb
 
     @contextlib.contextmanager
     def activity(self, description: str) -> Iterator[None]:
@@ -110,10 +142,11 @@ class Meter:
         task = progress.add_task(description, total=total, stream=stream)
         done = 0
 
-        def advance(n: int) -> None:
+        def advance(upto: int) -> None:
+            """Move the bar to ``upto`` bytes (a running total, as events carry)."""
             nonlocal done
-            done += n
-            progress.advance(task, n)
+            progress.advance(task, upto - done)
+            done = upto
 
         try:
             yield advance
@@ -145,74 +178,3 @@ class Meter:
             )
             self._progress.start()
         return self._progress
-
-
-class _MeteredReader:
-    def __init__(self, inner: TarReader, meter: Meter, description: str) -> None:
-        self._inner = inner
-        self._meter = meter
-        self._description = description
-
-    @property
-    def size(self) -> int | None:
-        return self._inner.size
-
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self._meter.stream(aiter(self._inner), self._description, self._inner.size)
-
-
-class MeteredStore:
-    """A :class:`SnapshotStore` that counts the streams it saves and reads on a meter."""
-
-    def __init__(self, inner: SnapshotStore, meter: Meter) -> None:
-        self._inner = inner
-        self._meter = meter
-
-    @property
-    def url(self) -> str:
-        return self._inner.url
-
-    async def save(
-        self,
-        snapshot: DirectorySnapshot,
-        tar: AsyncIterator[bytes],
-        *,
-        source: SnapshotSource,
-        ttl: float | None = None,
-    ) -> SnapshotInfo:
-        counted = self._meter.stream(tar, f"saving {snapshot.dir}")
-        return await self._inner.save(snapshot, counted, source=source, ttl=ttl)
-
-    @contextlib.asynccontextmanager
-    async def open(self, snapshot_id: str, *, image: str | None = None) -> AsyncIterator[TarReader]:
-        async with self._inner.open(snapshot_id, image=image) as reader:
-            yield _MeteredReader(reader, self._meter, f"reading {snapshot_id[:8]}")
-
-    async def index(self, snapshot_id: str) -> list[TarEntry]:
-        return await self._inner.index(snapshot_id)
-
-    async def get(self, snapshot_id: str) -> SnapshotInfo:
-        return await self._inner.get(snapshot_id)
-
-    async def list(self) -> list[SnapshotInfo]:
-        return await self._inner.list()
-
-    async def delete(self, snapshot_id: str) -> None:
-        await self._inner.delete(snapshot_id)
-
-    async def touch(self, snapshot_id: str, when: float) -> None:
-        await self._inner.touch(snapshot_id, when)
-
-    async def verify(
-        self, snapshot_id: str | None = None, *, read_data: bool = True
-    ) -> VerifyReport:
-        return await self._inner.verify(snapshot_id, read_data=read_data)
-
-    async def gc(self, *, grace: float) -> GcReport:
-        return await self._inner.gc(grace=grace)
-
-    async def stats(self) -> StoreStats:
-        return await self._inner.stats()
-
-    async def close(self) -> None:
-        await self._inner.close()

@@ -10,7 +10,8 @@ import stat
 import time
 from collections.abc import Sequence
 
-from docksnap.store.base import SnapshotInfo
+from docksnap.model import SnapshotInfo
+from docksnap.service.archive import changed_fields
 from docksnap.tarstream import TarEntry
 
 _UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB")
@@ -24,7 +25,6 @@ _TYPE_BITS = {
     "fifo": stat.S_IFIFO,
 }
 # Fields a diff describes when they change, in the order they are shown.
-DIFF_FIELDS = ("type", "size", "mode", "uid", "gid", "mtime", "link")
 
 
 def size(n: float) -> str:
@@ -127,14 +127,11 @@ def key_values(pairs: Sequence[tuple[str, str]]) -> list[str]:
     return [f"{k + ':':<{width}} {v}" for k, v in pairs]
 
 
-def changed_fields(old: TarEntry, new: TarEntry) -> list[str]:
-    return [f for f in DIFF_FIELDS if getattr(old, f) != getattr(new, f)]
-
-
-def describe_change(old: TarEntry, new: TarEntry) -> str:
+def describe_change(old: TarEntry, new: TarEntry, fields: Sequence[str] | None = None) -> str:
+    """``field old -> new; ...`` for each of ``fields`` (default: every field that differs)."""
     return "; ".join(
         f"{field} {_show(field, getattr(old, field))} -> {_show(field, getattr(new, field))}"
-        for field in changed_fields(old, new)
+        for field in (changed_fields(old, new) if fields is None else fields)
     )
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from docksnap.cli.render import changed_fields
 from docksnap.model import DirectorySnapshot
 from docksnap.service.archive import SnapshotDiff
 from docksnap.store.base import GcReport, SnapshotInfo, StoreStats, VerifyReport
@@ -63,12 +62,12 @@ def diff(result: SnapshotDiff) -> JSON:
         "removed": [entry(e) for e in result.removed],
         "changed": [
             {
-                "path": new.path,
-                "fields": changed_fields(old, new),
-                "old": entry(old),
-                "new": entry(new),
+                "path": change.new.path,
+                "fields": list(change.fields),
+                "old": entry(change.old),
+                "new": entry(change.new),
             }
-            for old, new in result.changed
+            for change in result.changed
         ],
     }
 

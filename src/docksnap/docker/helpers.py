@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from typing import Any
 
 from docksnap.docker.client import DockerClient
 
@@ -42,3 +43,43 @@ async def helper_container(
     finally:
         # Shielded so that a cancelled operation still removes its helper.
         await asyncio.shield(docker.remove_container(helper))
+
+
+class HelperVolumes:
+    """A Docker engine's volumes, read and written through never-started helpers.
+
+    The engine side of the volume store (``docksnap.store.volume.VolumeEngine``):
+    the service layer builds one over its :class:`DockerClient` and hands it to
+    the store, so the store layer never imports this package.
+    """
+
+    def __init__(self, docker: DockerClient) -> None:
+        self._docker = docker
+
+    async def create_volume(self, name: str, labels: Mapping[str, str]) -> None:
+        await self._docker.create_volume(name, labels)
+
+    async def inspect_volume(self, name: str) -> dict[str, Any] | None:
+        return await self._docker.inspect_volume(name)
+
+    async def list_volumes(self, labels: Mapping[str, str]) -> list[dict[str, Any]]:
+        return await self._docker.list_volumes(labels)
+
+    async def remove_volume(self, name: str) -> None:
+        await self._docker.remove_volume(name)
+
+    async def fill_volume(
+        self, volume: str, tar: AsyncIterable[bytes], *, image: str, labels: Mapping[str, str]
+    ) -> None:
+        async with helper_container(self._docker, image, volume, labels) as helper:
+            await self._docker.put_archive(helper, HELPER_MOUNT, tar)
+
+    @contextlib.asynccontextmanager
+    async def read_volume(
+        self, volume: str, *, image: str, labels: Mapping[str, str]
+    ) -> AsyncIterator[AsyncIterator[bytes]]:
+        async with (
+            helper_container(self._docker, image, volume, labels) as helper,
+            self._docker.get_archive(helper, HELPER_MOUNT + "/.") as archive,
+        ):
+            yield archive.chunks

@@ -2,14 +2,31 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 from docksnap.tarstream import TarEntry, TarIndexer, TarSafetyChecker
 
 # Fields whose change makes a file "changed" in a diff. ``offset`` is where the
 # entry sits in the stream, which shifts whenever anything before it changes.
-_COMPARED = ("type", "mode", "uid", "gid", "mtime", "size", "link")
+COMPARED_FIELDS = ("type", "size", "mode", "uid", "gid", "mtime", "link")
+
+
+@dataclass(frozen=True, slots=True)
+class FileChange:
+    """A path in both snapshots whose metadata differs.
+
+    ``fields`` names what changed, in the order of :data:`COMPARED_FIELDS`.
+    Unpacks as the ``(old, new)`` pair that diffs returned before ``fields``
+    existed, so ``for old, new in diff.changed`` keeps working.
+    """
+
+    old: TarEntry
+    new: TarEntry
+    fields: tuple[str, ...]
+
+    def __iter__(self) -> Iterator[TarEntry]:
+        return iter((self.old, self.new))
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,7 +35,12 @@ class SnapshotDiff:
 
     added: tuple[TarEntry, ...]
     removed: tuple[TarEntry, ...]
-    changed: tuple[tuple[TarEntry, TarEntry], ...]
+    changed: tuple[FileChange, ...]
+
+
+def changed_fields(old: TarEntry, new: TarEntry) -> tuple[str, ...]:
+    """The names of the compared fields whose values differ from ``old`` to ``new``."""
+    return tuple(f for f in COMPARED_FIELDS if getattr(old, f) != getattr(new, f))
 
 
 def diff_indexes(old: list[TarEntry], new: list[TarEntry]) -> SnapshotDiff:
@@ -29,11 +51,11 @@ def diff_indexes(old: list[TarEntry], new: list[TarEntry]) -> SnapshotDiff:
     """
     before = {entry.path: entry for entry in old}
     after = {entry.path: entry for entry in new}
-    changed = [
-        (before[path], after[path])
-        for path in sorted(before.keys() & after.keys())
-        if any(getattr(before[path], f) != getattr(after[path], f) for f in _COMPARED)
-    ]
+    changed = []
+    for path in sorted(before.keys() & after.keys()):
+        fields = changed_fields(before[path], after[path])
+        if fields:
+            changed.append(FileChange(before[path], after[path], fields))
     return SnapshotDiff(
         added=tuple(after[p] for p in sorted(after.keys() - before.keys())),
         removed=tuple(before[p] for p in sorted(before.keys() - after.keys())),

@@ -6,18 +6,20 @@ only keep records and bytes.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from itertools import groupby
 
 from docksnap.errors import InvalidArgumentError
-from docksnap.model import DirectorySnapshot, is_int, new_snapshot_id
+from docksnap.model import DirectorySnapshot, SnapshotInfo, SnapshotSource, new_snapshot_id
+from docksnap.service import options
 from docksnap.service.archive import SnapshotDiff, checked_tar, diff_indexes
+from docksnap.service.progress import Operation, ProgressHook, Tracker, track
 from docksnap.store.base import (
     GcReport,
-    SnapshotInfo,
-    SnapshotSource,
     SnapshotStore,
     StoreStats,
     TarReader,
@@ -35,13 +37,23 @@ Entries = list[TarEntry]
 
 
 class Catalogue:
-    """``client.snapshots``: what the store holds, and its lifecycle."""
+    """``client.snapshots``: what the store holds, and its lifecycle.
+
+    ``open_store`` turns a URL into a store (for :meth:`copy`); ``progress`` is
+    the client's hook, called around every stream and pass (see
+    :mod:`docksnap.service.progress`).
+    """
 
     def __init__(
-        self, store: SnapshotStore, *, open_store: Callable[[str], SnapshotStore] | None = None
+        self,
+        store: SnapshotStore,
+        *,
+        open_store: Callable[[str], SnapshotStore] | None = None,
+        progress: ProgressHook | None = None,
     ) -> None:
         self._store = store
         self._open_store = open_store
+        self._progress = progress
 
     async def list(
         self, *, name: str | None = None, dir: str | None = None, container: str | None = None
@@ -67,13 +79,18 @@ class Catalogue:
     async def verify(
         self, snapshot_id: str | None = None, *, read_data: bool = True
     ) -> VerifyReport:
-        return await self._store.verify(snapshot_id, read_data=read_data)
+        with track(self._progress, Operation.VERIFY, snapshot_id) as progress:
+            report = await self._store.verify(snapshot_id, read_data=read_data)
+            progress.done = report.bytes_checked
+        return report
 
     async def gc(self, *, grace: float = DEFAULT_GC_GRACE) -> GcReport:
         """Reclaim unreferenced data older than ``grace`` seconds; safe beside writers."""
-        if grace < 0:
-            raise InvalidArgumentError(f"grace must be >= 0 seconds, got {grace!r}")
-        return await self._store.gc(grace=grace)
+        grace = options.grace(grace)
+        with track(self._progress, Operation.GC, None) as progress:
+            report = await self._store.gc(grace=grace)
+            progress.done = report.bytes_deleted
+        return report
 
     async def stats(self) -> StoreStats:
         return await self._store.stats()
@@ -96,10 +113,7 @@ class Catalogue:
         With ``per_name`` each name (unnamed snapshots together) keeps its own
         newest ``keep_last``. Returns the deleted ids.
         """
-        if not is_int(keep_last) or keep_last < 0:
-            raise InvalidArgumentError(
-                f"keep_last must be a non-negative integer, got {keep_last!r}"
-            )
+        keep_last = options.keep_last(keep_last)
         infos = await self._sorted()
         if per_name:
             infos.sort(key=lambda i: (i.name or "", -i.created_at))
@@ -121,7 +135,13 @@ class Catalogue:
 
     def export(self, snapshot_id: str) -> AbstractAsyncContextManager[TarReader]:
         """The snapshot as a plain tar stream, verified as it is read."""
-        return self._store.open(snapshot_id)
+        return self._export(snapshot_id)
+
+    @contextlib.asynccontextmanager
+    async def _export(self, snapshot_id: str) -> AsyncIterator[TarReader]:
+        async with self._store.open(snapshot_id) as reader:
+            with track(self._progress, Operation.EXPORT, snapshot_id, reader.size) as progress:
+                yield _TrackedReader(reader, progress)
 
     async def import_tar(
         self,
@@ -131,15 +151,23 @@ class Catalogue:
         name: str | None = None,
         image: str = "",
         ttl: float | None = None,
+        size: int | None = None,
     ) -> DirectorySnapshot:
         """Store a tar stream as a snapshot of ``dir``; unsafe members store nothing.
 
-        ``image`` is only needed by Docker-backed stores (their helper's image).
+        ``image`` is recorded as the snapshot's source image (the ``docker-volume:``
+        store also makes its helper containers from it). ``size``, when the
+        caller knows the stream's length, is only reported as progress. The
+        returned record's ``info`` is the catalogue entry the store committed.
         """
+        name = options.snapshot_name(name)
+        ttl = options.ttl(ttl)
         record = DirectorySnapshot(id=new_snapshot_id(), size=0, dir=dir, name=name)
         source = SnapshotSource(container="", image=image)
-        info = await self._store.save(record, checked_tar(tar), source=source, ttl=ttl)
-        return info.snapshot
+        with track(self._progress, Operation.IMPORT, record.id, size) as progress:
+            stream = checked_tar(progress.stream(tar))
+            info = await self._store.save(record, stream, source=source, ttl=ttl)
+        return dataclasses.replace(info.snapshot, info=info)
 
     async def copy(self, snapshot_id: str, *, to: SnapshotStore | str) -> CopyReport:
         """Copy a snapshot into another store (a store or a store URL), verified.
@@ -149,14 +177,35 @@ class Catalogue:
         again is a no-op. A store opened from a URL is closed afterwards.
         """
         if not isinstance(to, str):
-            return await copy_snapshot(self._store, to, snapshot_id)
+            return await self._copy(snapshot_id, to)
         if self._open_store is None:
             raise InvalidArgumentError("this catalogue cannot open store URLs; pass a store")
         target = self._open_store(to)
         try:
-            return await copy_snapshot(self._store, target, snapshot_id)
+            return await self._copy(snapshot_id, target)
         finally:
             await target.close()
 
+    async def _copy(self, snapshot_id: str, target: SnapshotStore) -> CopyReport:
+        with track(self._progress, Operation.COPY, snapshot_id) as progress:
+            report = await copy_snapshot(self._store, target, snapshot_id)
+            progress.done = report.bytes_copied
+        return report
+
     async def _sorted(self) -> Infos:
         return sorted(await self._store.list(), key=lambda i: (i.created_at, i.id), reverse=True)
+
+
+class _TrackedReader:
+    """A store's reader whose iteration is counted as an export."""
+
+    def __init__(self, inner: TarReader, progress: Tracker) -> None:
+        self._inner = inner
+        self._progress = progress
+
+    @property
+    def size(self) -> int | None:
+        return self._inner.size
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._progress.stream(self._inner)

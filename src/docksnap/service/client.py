@@ -6,12 +6,13 @@ import asyncio
 from collections.abc import Mapping
 from types import TracebackType
 
-from docksnap.docker import DockerClient
+from docksnap.docker import DockerClient, HelperVolumes
 from docksnap.errors import InvalidArgumentError
 from docksnap.labels import PREFIX
-from docksnap.model import is_int
+from docksnap.service import options
 from docksnap.service.catalogue import Catalogue
-from docksnap.service.container import Container
+from docksnap.service.container import Container, ContainerContext
+from docksnap.service.progress import ProgressHook
 from docksnap.store import SnapshotStore, default_store_url, open_store
 
 DEFAULT_SIZE_LIMIT = 16 * 1024**3
@@ -24,6 +25,10 @@ class Client:
     ``store`` is a URL (default ``DOCKSNAP_STORE``, else the local store under
     ``$XDG_DATA_HOME/docksnap``) or a :class:`~docksnap.store.SnapshotStore`.
     ``labels`` are added to every container and volume this client creates.
+    ``progress`` is called with a :class:`~docksnap.ProgressEvent` around every
+    stream the client moves (see :mod:`docksnap.service.progress` for the rules).
+    ``helper_image`` is the image the ``docker-volume:`` store makes its helper
+    containers from (default: each snapshot's source image); other stores ignore it.
     """
 
     def __init__(
@@ -33,28 +38,39 @@ class Client:
         store: str | SnapshotStore | None = None,
         size_limit: int = DEFAULT_SIZE_LIMIT,
         labels: Mapping[str, str] | None = None,
+        progress: ProgressHook | None = None,
+        helper_image: str | None = None,
     ) -> None:
-        if not is_int(size_limit) or size_limit <= 0:
-            raise InvalidArgumentError(f"size_limit must be a positive integer, got {size_limit!r}")
-        reserved = [key for key in labels or {} if key.startswith(PREFIX)]
-        if reserved:
-            raise InvalidArgumentError(
-                f"labels under {PREFIX} are reserved for docksnap: {reserved}"
-            )
+        size_limit = options.size_limit(size_limit)
+        extra_labels = options.labels(labels, PREFIX)
+        if progress is not None and not callable(progress):
+            raise InvalidArgumentError(f"progress must be callable, got {progress!r}")
+        self._helper_image = options.helper_image(helper_image)
         self.docker = DockerClient(docker_host)
         self.size_limit = size_limit
-        self.extra_labels = dict(labels or {})
+        self.extra_labels = extra_labels
+        self.progress = progress
         if store is None or isinstance(store, str):
-            store = open_store(
-                store or default_store_url(), docker=self.docker, extra_labels=self.extra_labels
-            )
+            store = self._open_store(store or default_store_url())
         self.store: SnapshotStore = store
-        self.snapshots = Catalogue(self.store, open_store=self._open_store)
+        self.snapshots = Catalogue(self.store, open_store=self._open_store, progress=progress)
+        self._context = ContainerContext(
+            engine=self.docker,
+            store=self.store,
+            labels=self.extra_labels,
+            size_limit=self.size_limit,
+            progress=progress,
+        )
         self._turns: dict[str, asyncio.Lock] = {}
 
     def _open_store(self, url: str) -> SnapshotStore:
-        """Another store on this client's engine (for copies), with this client's labels."""
-        return open_store(url, docker=self.docker, extra_labels=self.extra_labels)
+        """A store on this client's engine (also copy targets), with this client's labels."""
+        return open_store(
+            url,
+            engine=HelperVolumes(self.docker),
+            helper_image=self._helper_image,
+            extra_labels=self.extra_labels,
+        )
 
     def container(self, name: str) -> Container:
         """A handle on the container called ``name``, which may or may not exist yet.
@@ -63,7 +79,7 @@ class Client:
         """
         if not isinstance(name, str) or not name or "/" in name:
             raise InvalidArgumentError(f"invalid container name {name!r}")
-        return Container(self, name, self._turns.setdefault(name, asyncio.Lock()))
+        return Container(self._context, name, self._turns.setdefault(name, asyncio.Lock()))
 
     async def close(self) -> None:
         """Close the store and the engine connection; idempotent."""

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 from docksnap import labels as lbl
-from docksnap.docker import helper_container
+from docksnap.docker import DockerClient, helper_container
 from docksnap.docker.helpers import HELPER_MOUNT
 from docksnap.errors import (
     ContainerAlreadyRunningError,
@@ -32,15 +34,14 @@ from docksnap.errors import (
 from docksnap.model import (
     DirectorySnapshot,
     SnapshotRestore,
-    is_int,
+    SnapshotSource,
     new_snapshot_id,
     normalize_path,
 )
-from docksnap.store import SnapshotSource
+from docksnap.service import options
+from docksnap.service.progress import Operation, ProgressHook, track
+from docksnap.store import SnapshotStore, TarReader
 from docksnap.tarstream import build_dirs_tar
-
-if TYPE_CHECKING:
-    from docksnap.service.client import Client
 
 log = logging.getLogger(__name__)
 
@@ -48,16 +49,34 @@ RESTORE_VOLUME_PREFIX = "docksnap-restore-"
 _CLEANUP_ATTEMPTS = 5
 
 
+@dataclass(frozen=True, slots=True)
+class ContainerContext:
+    """What every container handle of one client shares; built once by the client.
+
+    ``labels`` are the client's extra labels for what it creates, ``size_limit``
+    the default snapshot limit in bytes, ``progress`` the client's hook (or None).
+    """
+
+    engine: DockerClient
+    store: SnapshotStore
+    labels: Mapping[str, str]
+    size_limit: int
+    progress: ProgressHook | None = None
+
+
 class Container:
     """A handle on the Docker container called ``name``; cheap to create.
 
     The container may have been started by docksnap or by anyone else: every
     operation asks the engine for its state. ``running`` is the state last seen.
+    Made by :meth:`docksnap.Client.container`, which shares one ``turn`` among
+    the handles of one name.
     """
 
-    def __init__(self, client: Client, name: str, turn: asyncio.Lock) -> None:
-        self._client = client
-        self._docker = client.docker
+    def __init__(self, context: ContainerContext, name: str, turn: asyncio.Lock) -> None:
+        self._context = context
+        self._docker = context.engine
+        self._store = context.store
         self.name = name
         self._turn = turn
         self.running = False
@@ -84,16 +103,19 @@ class Container:
     ) -> None:
         """Create the container, restore ``snapshots`` into it, then start it.
 
-        Restores are applied parent first (by the depth of their target). If
-        anything fails, the container and every volume made for it are removed
-        before the error propagates: no container is left half-started.
+        Restores are applied parent first (by the depth of their target). Each
+        distinct snapshot id is looked up once, before anything is created, so
+        an unknown id fails first. If anything fails, the container and every
+        volume made for it are removed before the error propagates: no container
+        is left half-started.
         """
         restores = _plan_restores(snapshots)
         config = _container_config(image, entrypoint, env, enable_internet)
+        ids = list(dict.fromkeys(r.snapshot.id for r in restores))
         async with self._turn:
             await self._clear_previous()
-            for restore in restores:  # unknown ids fail before anything is created
-                await self._client.store.get(restore.snapshot.id)
+            for snapshot_id in ids:
+                await self._store.get(snapshot_id)
             try:
                 await self._create_with_restores(image, config, restores)
                 await self._docker.start_container(self.name)
@@ -106,8 +128,8 @@ class Container:
                 raise
             self.running = True
         now = time.time()
-        for restore in restores:
-            await self._client.store.touch(restore.snapshot.id, now)
+        for snapshot_id in ids:
+            await self._store.touch(snapshot_id, now)
 
     async def monitor(self) -> int:
         """Wait until the container stops; return its exit code.
@@ -123,8 +145,7 @@ class Container:
 
     async def signal(self, signo: int) -> None:
         """Send signal number ``signo`` to the container's main process."""
-        if not is_int(signo) or not 1 <= signo <= 64:
-            raise InvalidArgumentError(f"signal must be an integer from 1 to 64, got {signo!r}")
+        options.signal_number(signo)
         async with self._turn:
             await self._require_running("signal()")
             try:
@@ -155,18 +176,13 @@ class Container:
 
         The container is paused while its archive is read, so the snapshot is
         consistent (as ``docker commit`` does); ``pause=False`` opts out. Going
-        over ``size_limit`` bytes (default: the client's) stores nothing.
+        over ``size_limit`` bytes (default: the client's) stores nothing. The
+        returned record's ``info`` is the catalogue entry the store committed.
         """
         path = normalize_path(dir, what="snapshot directory")
-        if name is not None and not isinstance(name, str):
-            raise InvalidArgumentError(f"snapshot name must be a string, got {name!r}")
-        limit = self._client.size_limit if size_limit is None else size_limit
-        if not is_int(limit) or limit <= 0:
-            raise InvalidArgumentError(f"size_limit must be a positive integer, got {limit!r}")
-        if ttl is not None and (
-            not isinstance(ttl, int | float) or isinstance(ttl, bool) or ttl <= 0
-        ):
-            raise InvalidArgumentError(f"ttl must be a positive number of seconds, got {ttl!r}")
+        name = options.snapshot_name(name)
+        limit = options.size_limit(self._context.size_limit if size_limit is None else size_limit)
+        ttl = options.ttl(ttl)
         async with self._turn:
             state = await self._require_running("snapshot_directory()")
             record = DirectorySnapshot(id=new_snapshot_id(), size=0, dir=path, name=name)
@@ -174,14 +190,15 @@ class Container:
             async with self._paused(pause and not state.get("Paused")) as unpause:
                 archive_path = "/." if path == "/" else path + "/."
                 try:
-                    async with self._docker.get_archive(self.name, archive_path) as archive:
-                        stream = _limited(archive.chunks, limit, path, unpause)
-                        info = await self._client.store.save(record, stream, source=source, ttl=ttl)
+                    with track(self._context.progress, Operation.SNAPSHOT, record.id) as progress:
+                        async with self._docker.get_archive(self.name, archive_path) as archive:
+                            stream = _limited(progress.stream(archive.chunks), limit, path, unpause)
+                            info = await self._store.save(record, stream, source=source, ttl=ttl)
                 except DockerError as exc:
                     if exc.status == 404 and exc.operation == "read archive":
                         raise DirectoryNotFoundError(self.name, path) from exc
                     raise
-        return info.snapshot
+        return dataclasses.replace(info.snapshot, info=info)
 
     # -- internals --------------------------------------------------------------------
 
@@ -256,11 +273,11 @@ class Container:
                     }
                 )
         config["HostConfig"]["Mounts"] = mounts
-        config["Labels"] = lbl.make_labels(lbl.Role.APP, self._client.extra_labels)
+        config["Labels"] = lbl.make_labels(lbl.Role.APP, self._context.labels)
         await self._docker.create_container(self.name, config)
         for restore in restores:
             if restore.merge:
-                await self._merge_into_container(image, restore)
+                await self._merge_into_container(restore)
 
     async def _restore_into_new_volume(self, image: str, restore: SnapshotRestore) -> str:
         """Fill a fresh volume, private to this container, with the snapshot's content.
@@ -270,23 +287,31 @@ class Container:
         its own snapshot.
         """
         volume = RESTORE_VOLUME_PREFIX + uuid.uuid4().hex
-        extra = self._client.extra_labels
+        extra = self._context.labels
         await self._docker.create_volume(
             volume, lbl.make_labels(lbl.Role.RESTORE, extra, {lbl.OWNER: self.name})
         )
         helper_labels = lbl.make_labels(lbl.Role.HELPER, extra)
         async with (
-            self._client.store.open(restore.snapshot.id, image=image) as reader,
+            self._store.open(restore.snapshot.id) as reader,
             helper_container(self._docker, image, volume, helper_labels) as helper,
         ):
-            await self._docker.put_archive(helper, HELPER_MOUNT, reader, size=reader.size)
+            await self._put(restore.snapshot.id, reader, helper, HELPER_MOUNT)
         return volume
 
-    async def _merge_into_container(self, image: str, restore: SnapshotRestore) -> None:
+    async def _merge_into_container(self, restore: SnapshotRestore) -> None:
         """Extract the snapshot over the created container's own files (the seed's way)."""
         await self._make_dirs(restore.target)
-        async with self._client.store.open(restore.snapshot.id, image=image) as reader:
-            await self._docker.put_archive(self.name, restore.target, reader, size=reader.size)
+        async with self._store.open(restore.snapshot.id) as reader:
+            await self._put(restore.snapshot.id, reader, self.name, restore.target)
+
+    async def _put(self, snapshot_id: str, reader: TarReader, container: str, path: str) -> None:
+        """Stream a snapshot being read into ``path`` of a created container."""
+        hook = self._context.progress
+        with track(hook, Operation.RESTORE, snapshot_id, reader.size) as progress:
+            await self._docker.put_archive(
+                container, path, progress.stream(reader), size=reader.size
+            )
 
     async def _make_dirs(self, path: str) -> None:
         """``mkdir -p path`` in the created container, touching no existing directory."""

@@ -2,7 +2,8 @@
 
 ``file:///path`` (default ``$XDG_DATA_HOME/docksnap``) and ``s3://bucket/prefix``
 select the content-addressed store over that backend; ``docker-volume:`` the
-seed's one-volume-per-snapshot store.
+seed's one-volume-per-snapshot store, which needs an engine: the service layer
+passes one (this package imports nothing from ``docksnap.docker``).
 """
 
 from __future__ import annotations
@@ -10,11 +11,14 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
-from docksnap.docker import DockerClient
 from docksnap.errors import InvalidArgumentError
 from docksnap.store.base import SnapshotInfo, SnapshotSource, SnapshotStore, TarReader
+
+if TYPE_CHECKING:
+    from docksnap.store.volume import VolumeEngine
 
 __all__ = [
     "SnapshotInfo",
@@ -36,9 +40,18 @@ def default_store_url(env: Mapping[str, str] | None = None) -> str:
 
 
 def open_store(
-    url: str, *, docker: DockerClient, extra_labels: Mapping[str, str] | None = None
+    url: str,
+    *,
+    engine: VolumeEngine | None = None,
+    helper_image: str | None = None,
+    extra_labels: Mapping[str, str] | None = None,
 ) -> SnapshotStore:
-    """The store at ``url``. No I/O happens until the store is first used."""
+    """The store at ``url``. No I/O happens until the store is first used.
+
+    ``engine``, ``helper_image`` and ``extra_labels`` are for ``docker-volume:``
+    only (see :class:`~docksnap.store.volume.VolumeStore`); the other stores need
+    nothing but their URL.
+    """
     scheme = urlsplit(url).scheme
     if scheme == "file":
         from docksnap.store.chunked import ChunkedStore
@@ -56,7 +69,12 @@ def open_store(
     if scheme == "docker-volume":
         from docksnap.store.volume import VolumeStore
 
-        return VolumeStore(docker, extra_labels=dict(extra_labels or {}))
+        if engine is None:
+            raise InvalidArgumentError(
+                "the docker-volume: store needs a Docker engine: open it through "
+                "docksnap.Client(store='docker-volume:')"
+            )
+        return VolumeStore(engine, helper_image=helper_image, extra_labels=extra_labels)
     raise InvalidArgumentError(
         f"unknown store URL {url!r}: use file:///path, s3://bucket[/prefix] or docker-volume:"
     )

@@ -4,7 +4,8 @@ The service layer talks to stores only through :class:`SnapshotStore`. A store
 receives a directory as a tar stream and gives it back as a tar stream; how it
 keeps the bytes in between (content-addressed chunks, a Docker volume) is its
 own business. The conformance suite in ``tests/conformance`` holds every store
-to this contract.
+to this contract. The records a store returns, :class:`SnapshotInfo` and
+:class:`SnapshotSource`, are plain values defined in :mod:`docksnap.model`.
 """
 
 from __future__ import annotations
@@ -14,47 +15,19 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from docksnap.model import DirectorySnapshot
+__all__ = [
+    "GcReport",
+    "Problem",
+    "SnapshotInfo",
+    "SnapshotSource",
+    "SnapshotStore",
+    "StoreStats",
+    "TarReader",
+    "VerifyReport",
+]
+
+from docksnap.model import DirectorySnapshot, SnapshotInfo, SnapshotSource
 from docksnap.tarstream import TarEntry
-
-
-@dataclass(frozen=True, slots=True)
-class SnapshotSource:
-    """Where a snapshot came from: the container's name and the image it ran."""
-
-    container: str
-    image: str
-
-
-@dataclass(frozen=True, slots=True)
-class SnapshotInfo:
-    """A catalogue entry: the portable record plus what the store knows about it.
-
-    ``created_at`` and ``last_used_at`` are Unix seconds; ``ttl`` is seconds of
-    disuse after which :meth:`docksnap.Catalogue.expire` deletes the snapshot.
-    """
-
-    snapshot: DirectorySnapshot
-    created_at: float
-    last_used_at: float
-    source: SnapshotSource | None = None
-    ttl: float | None = None
-
-    @property
-    def id(self) -> str:
-        return self.snapshot.id
-
-    @property
-    def name(self) -> str | None:
-        return self.snapshot.name
-
-    @property
-    def dir(self) -> str:
-        return self.snapshot.dir
-
-    @property
-    def size(self) -> int:
-        return self.snapshot.size
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,8 +99,8 @@ class TarReader(Protocol):
 class SnapshotStore(Protocol):
     """Keeps snapshots. All methods are safe to call concurrently.
 
-    Stores that need Docker to read or write (the volume store) receive an image
-    to create their helper containers from; the others ignore it.
+    A store gets everything it needs when it is built (the volume store: its
+    engine and helper image); no method takes Docker-specific arguments.
     """
 
     @property
@@ -153,16 +126,12 @@ class SnapshotStore(Protocol):
         """
         ...
 
-    def open(
-        self, snapshot_id: str, *, image: str | None = None
-    ) -> AbstractAsyncContextManager[TarReader]:
+    def open(self, snapshot_id: str) -> AbstractAsyncContextManager[TarReader]:
         """Read a snapshot's tar stream back, verified.
 
         Entering raises :class:`~docksnap.errors.SnapshotNotFoundError` for an
         unknown id. Read-only and idempotent; reading refreshes nothing (the
         caller decides whether a read counts as use, see :meth:`touch`).
-        ``image`` is the image a Docker-backed store makes its helper from;
-        ``None`` means the snapshot's source image.
         """
         ...
 

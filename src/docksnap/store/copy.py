@@ -72,7 +72,7 @@ async def _stream_copy(
     if existing is not None:
         return CopyReport(snapshot=existing, streamed=True)
     origin = info.source or SnapshotSource(container="", image="")
-    async with source.open(snapshot_id, image=origin.image) as reader:
+    async with source.open(snapshot_id) as reader:
         saved = await target.save(info.snapshot, reader.__aiter__(), source=origin, ttl=info.ttl)
     return CopyReport(snapshot=saved, bytes_copied=saved.size, streamed=True)
 

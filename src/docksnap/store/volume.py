@@ -15,6 +15,11 @@ Layout, per snapshot id:
 Volume labels cannot change after creation, so this store keeps no last-use
 time: a TTL counts from creation. Verification can only check that both
 volumes exist; use the content-addressed store for data you must trust.
+
+The store speaks to Docker only through :class:`VolumeEngine`, which the service
+layer wires in (``docksnap.docker.HelperVolumes``): nothing here imports the
+Docker client. Helper containers are made from the store's ``helper_image`` when
+one was given, else from each snapshot's source image.
 """
 
 from __future__ import annotations
@@ -23,13 +28,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from docksnap import labels as lbl
-from docksnap.docker import DockerClient, helper_container
-from docksnap.docker.helpers import HELPER_MOUNT
-from docksnap.errors import DockerError, SnapshotNotFoundError, StoreError
+from docksnap.errors import DockerError, InvalidArgumentError, SnapshotNotFoundError, StoreError
 from docksnap.model import DirectorySnapshot, is_snapshot_id
 from docksnap.store.base import (
     GcReport,
@@ -74,11 +79,58 @@ class _VolumeReader:
         return self.chunks
 
 
-class VolumeStore:
-    """Snapshots as Docker volumes on one engine (``docker-volume:``)."""
+class VolumeEngine(Protocol):
+    """What the volume store needs from a Docker engine.
 
-    def __init__(self, docker: DockerClient, *, extra_labels: dict[str, str] | None = None) -> None:
-        self._docker = docker
+    Errors are :class:`~docksnap.errors.DockerError` (with the engine's status) and
+    :class:`~docksnap.errors.DockerUnavailableError`. Volume calls are those of the
+    Engine API: creating is atomic, removing a missing volume succeeds.
+    """
+
+    async def create_volume(self, name: str, labels: Mapping[str, str]) -> None: ...
+
+    async def inspect_volume(self, name: str) -> dict[str, Any] | None: ...
+
+    async def list_volumes(self, labels: Mapping[str, str]) -> list[dict[str, Any]]: ...
+
+    async def remove_volume(self, name: str) -> None: ...
+
+    async def fill_volume(
+        self, volume: str, tar: AsyncIterable[bytes], *, image: str, labels: Mapping[str, str]
+    ) -> None:
+        """Extract ``tar`` into ``volume`` through a never-started helper from ``image``.
+
+        Not atomic: the caller removes the volume when this raises.
+        """
+        ...
+
+    def read_volume(
+        self, volume: str, *, image: str, labels: Mapping[str, str]
+    ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        """The volume's contents as a tar stream, through a never-started helper."""
+        ...
+
+
+class VolumeStore:
+    """Snapshots as Docker volumes on one engine (``docker-volume:``).
+
+    ``helper_image`` is the image helper containers are made from; ``None`` uses
+    each snapshot's source image (saving a snapshot without one is refused).
+    """
+
+    def __init__(
+        self,
+        engine: VolumeEngine,
+        *,
+        helper_image: str | None = None,
+        extra_labels: Mapping[str, str] | None = None,
+    ) -> None:
+        if helper_image is not None and (not isinstance(helper_image, str) or not helper_image):
+            raise InvalidArgumentError(
+                f"helper_image must be a non-empty image name, got {helper_image!r}"
+            )
+        self._docker = engine
+        self._helper_image = helper_image
         self._extra = dict(extra_labels or {})
 
     @property
@@ -93,6 +145,7 @@ class VolumeStore:
         source: SnapshotSource,
         ttl: float | None = None,
     ) -> SnapshotInfo:
+        image = self._image_for(source)
         await self._warn_about_stale_volumes_once()
         created_at = float(int(time.time()))  # labels keep whole seconds, as the seed does
         data = data_volume(snapshot.id)
@@ -100,7 +153,7 @@ class VolumeStore:
             raise StoreError(self.url, f"snapshot {snapshot.id} already exists")
         await self._docker.create_volume(data, self._labels(snapshot.id, created_at))
         try:
-            size = await self._fill(data, source.image, tar)
+            size = await self._fill(data, image, tar)
             record = DirectorySnapshot(
                 id=snapshot.id,
                 size=size,
@@ -118,25 +171,31 @@ class VolumeStore:
             raise
         return SnapshotInfo(record, created_at, created_at, source, ttl)
 
+    def _image_for(self, source: SnapshotSource | None) -> str:
+        image = self._helper_image or (source.image if source else "")
+        if not image:
+            raise InvalidArgumentError(
+                "the docker-volume: store needs an image for its helper containers: "
+                "record the snapshot's source image (docksnap import --image IMAGE) "
+                "or give the client a helper_image"
+            )
+        return image
+
     async def _fill(self, volume: str, image: str, tar: AsyncIterator[bytes]) -> int:
         counted = _Counter(tar)
         labels = lbl.make_labels(lbl.Role.HELPER, self._extra)
-        async with helper_container(self._docker, image, volume, labels) as helper:
-            await self._docker.put_archive(helper, HELPER_MOUNT, counted)
+        await self._docker.fill_volume(volume, counted, image=image, labels=labels)
         return counted.total
 
     @contextlib.asynccontextmanager
-    async def open(self, snapshot_id: str, *, image: str | None = None) -> AsyncIterator[TarReader]:
+    async def open(self, snapshot_id: str) -> AsyncIterator[TarReader]:
         info = await self.get(snapshot_id)
-        helper_image = image or (info.source.image if info.source else "")
         labels = lbl.make_labels(lbl.Role.HELPER, self._extra)
-        async with (
-            helper_container(
-                self._docker, helper_image, data_volume(snapshot_id), labels
-            ) as helper,
-            self._docker.get_archive(helper, HELPER_MOUNT + "/.") as archive,
-        ):
-            yield _VolumeReader(None, archive.chunks)
+        image = self._image_for(info.source)
+        async with self._docker.read_volume(
+            data_volume(snapshot_id), image=image, labels=labels
+        ) as chunks:
+            yield _VolumeReader(None, chunks)
 
     async def index(self, snapshot_id: str) -> list[TarEntry]:
         """Read the whole stream through the header reader: volumes keep no index."""
@@ -203,7 +262,7 @@ class VolumeStore:
         return StoreStats(snapshots=len(infos), logical_bytes=total, stored_bytes=total)
 
     async def close(self) -> None:
-        """Nothing to release: the Docker client belongs to the caller."""
+        """Nothing to release: the engine belongs to the caller."""
 
     # -- internals ----------------------------------------------------------------
 

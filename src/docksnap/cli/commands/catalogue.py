@@ -174,8 +174,9 @@ def diff(app: App, old_id: str, new_id: str) -> None:
             *render.file_lines(result.added, prefix="+ "),
             *render.file_lines(result.removed, prefix="- "),
             *(
-                f"~ {render.display_path(new)}  {render.describe_change(old, new)}"
-                for old, new in result.changed
+                f"~ {render.display_path(change.new)}  "
+                f"{render.describe_change(change.old, change.new, change.fields)}"
+                for change in result.changed
             ),
         ]
         counts = (
@@ -273,9 +274,8 @@ def gc(app: App, grace: float) -> None:
     """
 
     async def body(client: Client, meter: Meter) -> Result:
-        with meter.activity("collecting garbage"):
-            expired = await client.snapshots.expire()
-            report = await client.snapshots.gc(grace=grace)
+        expired = await client.snapshots.expire()
+        report = await client.snapshots.gc(grace=grace)
         lines = [f"expired {i}" for i in expired] + [
             f"reclaimed {report.objects_deleted} object(s), {render.size(report.bytes_deleted)};"
             f" kept {report.objects_kept_young} younger than {render.duration(grace)}"
@@ -315,8 +315,7 @@ def verify(app: App, snapshot_id: str | None, no_read_data: bool) -> None:
     """
 
     async def body(client: Client, meter: Meter) -> Result:
-        with meter.activity("verifying"):
-            report = await client.snapshots.verify(snapshot_id, read_data=not no_read_data)
+        report = await client.snapshots.verify(snapshot_id, read_data=not no_read_data)
         lines = _verify_lines(report)
         code = ExitCode.OK if report.ok else ExitCode.PROBLEMS_FOUND
         return Result(shapes.verify(report), lines, lines[:-1], code)

@@ -81,12 +81,12 @@ def run(
     environment = _env(env)
 
     async def body(client: Client, meter: Meter) -> Result:
+        records = {
+            snapshot_id: (await client.snapshots.get(snapshot_id)).snapshot
+            for snapshot_id in dict.fromkeys(snapshot_id for snapshot_id, _ in specs)
+        }
         plan = [
-            SnapshotRestore(
-                (await client.snapshots.get(snapshot_id)).snapshot,
-                mount_point=mount_point,
-                merge=merge,
-            )
+            SnapshotRestore(records[snapshot_id], mount_point=mount_point, merge=merge)
             for snapshot_id, mount_point in specs
         ]
         started = time.monotonic()
@@ -162,7 +162,8 @@ def snapshot(
             directory, name=name, pause=not no_pause, ttl=ttl, size_limit=size_limit
         )
         elapsed = time.monotonic() - started
-        info = await client.snapshots.get(snap.id)
+        info = snap.info
+        assert info is not None  # always set on the record the library just committed
         lines = [
             *render.snapshot_table([info]),
             f"saved {render.size(snap.size)} in {elapsed:.2f} s"

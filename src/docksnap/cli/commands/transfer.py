@@ -14,6 +14,7 @@ from docksnap.cli.params import SECONDS
 from docksnap.cli.progress import Meter
 from docksnap.cli.streams import read_chunks, regular_file_size, replaced_atomically, write_chunks
 from docksnap.service.client import Client
+from docksnap.service.progress import Operation
 
 
 @click.command()
@@ -46,7 +47,7 @@ def export(app: App, snapshot_id: str, output: Path | None) -> None:
 
     async def body(client: Client, meter: Meter) -> Result:
         async with client.snapshots.export(snapshot_id) as reader:
-            chunks = meter.stream(aiter(reader), f"exporting {snapshot_id[:8]}", reader.size)
+            chunks = aiter(reader)
             if output is None or to_stdout:
                 written = await write_chunks(chunks, sys.stdout.buffer)
                 return Result({"id": snapshot_id, "file": None, "size": written})
@@ -99,16 +100,21 @@ def import_(
         raise click.UsageError(
             "refusing to read a tar archive from a terminal: give FILE or redirect stdin"
         )
+
     label = "stdin" if source is sys.stdin.buffer else Path(source.name).name
 
     async def body(client: Client, meter: Meter) -> Result:
-        if client.store.url == "docker-volume:" and not image:
-            raise click.UsageError("the docker-volume: store needs --image IMAGE for its helper")
-        chunks = meter.stream(read_chunks(source), f"importing {label}", regular_file_size(source))
+        meter.name(Operation.IMPORT, label)
         snap = await client.snapshots.import_tar(
-            chunks, dir=directory, name=name, image=image, ttl=ttl
+            read_chunks(source),
+            dir=directory,
+            name=name,
+            image=image,
+            ttl=ttl,
+            size=regular_file_size(source),
         )
-        info = await client.snapshots.get(snap.id)
+        info = snap.info
+        assert info is not None  # always set on the record the library just committed
         return Result(shapes.info(info), render.snapshot_table([info]), [snap.id])
 
     app.run(body)
@@ -140,8 +146,7 @@ def copy(app: App, snapshot_id: str, target: str) -> None:
     """
 
     async def body(client: Client, meter: Meter) -> Result:
-        with meter.activity(f"copying {snapshot_id[:8]}"):
-            report = await client.snapshots.copy(snapshot_id, to=target)
+        report = await client.snapshots.copy(snapshot_id, to=target)
         document = {
             "snapshot": shapes.info(report.snapshot),
             "to": target,

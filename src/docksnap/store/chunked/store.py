@@ -170,14 +170,11 @@ class ChunkedStore:
         elapsed = time.monotonic() - started
         return await self._control_call(self._commit, snapshot, result, source, ttl, elapsed)
 
-    def open(
-        self, snapshot_id: str, *, image: str | None = None
-    ) -> AbstractAsyncContextManager[TarReader]:
+    def open(self, snapshot_id: str) -> AbstractAsyncContextManager[TarReader]:
         """Read a snapshot's stream back, every chunk verified before it is yielded.
 
         Entering raises :class:`SnapshotNotFoundError` for an unknown id. Read-only
         except that a chunk found only in ``trash/`` is put back under ``chunks/``.
-        ``image`` is unused (this store needs no container).
         """
         return self._open(snapshot_id)
 

@@ -1,0 +1,100 @@
+"""Every option of the public API, checked in one place with one error type.
+
+The service validates options here, at its boundary, before anything is read,
+created or stored; a bad value raises :class:`~docksnap.errors.InvalidArgumentError`
+naming the option and the value. Stores below trust what they receive.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+from docksnap.errors import InvalidArgumentError
+
+
+def _integer(value: object) -> int | None:
+    # bool is an int to Python; a size of True is a caller's bug, not 1 byte.
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _finite(value: object) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def size_limit(value: object) -> int:
+    """A snapshot's maximum tar stream length in bytes: a positive integer."""
+    number = _integer(value)
+    if number is None or number <= 0:
+        raise InvalidArgumentError(f"size_limit must be a positive integer, got {value!r}")
+    return number
+
+
+def ttl(value: object) -> float | None:
+    """Seconds of disuse after which a snapshot expires: ``None`` or a number >= 0.
+
+    0 means "expired from the start": the next ``expire()`` (``docksnap gc``)
+    deletes it. A negative or non-finite TTL is a mistake, not "expired".
+    """
+    if value is None:
+        return None
+    number = _finite(value)
+    if number is None or number < 0:
+        raise InvalidArgumentError(f"ttl must be a number of seconds >= 0, got {value!r}")
+    return number
+
+
+def grace(value: object) -> float:
+    """How young unreferenced data gc keeps, in seconds: a number >= 0."""
+    number = _finite(value)
+    if number is None or number < 0:
+        raise InvalidArgumentError(f"grace must be >= 0 seconds, got {value!r}")
+    return number
+
+
+def keep_last(value: object) -> int:
+    """How many snapshots prune keeps: a non-negative integer."""
+    number = _integer(value)
+    if number is None or number < 0:
+        raise InvalidArgumentError(f"keep_last must be a non-negative integer, got {value!r}")
+    return number
+
+
+def snapshot_name(value: object) -> str | None:
+    """A snapshot's label: ``None`` or a string."""
+    if value is not None and not isinstance(value, str):
+        raise InvalidArgumentError(f"snapshot name must be a string, got {value!r}")
+    return value
+
+
+def signal_number(value: object) -> int:
+    """A signal to send to a container: an integer from 1 to 64."""
+    number = _integer(value)
+    if number is None or not 1 <= number <= 64:
+        raise InvalidArgumentError(f"signal must be an integer from 1 to 64, got {value!r}")
+    return number
+
+
+def labels(value: object, reserved_prefix: str) -> dict[str, str]:
+    """Extra labels for everything a client creates: strings, none under docksnap's prefix."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise InvalidArgumentError(f"labels must map strings to strings, got {value!r}")
+    reserved = [key for key in value if key.startswith(reserved_prefix)]
+    if reserved:
+        raise InvalidArgumentError(
+            f"labels under {reserved_prefix} are reserved for docksnap: {reserved}"
+        )
+    return dict(value)
+
+
+def helper_image(value: object) -> str | None:
+    """The image helper containers are made from: ``None`` or a non-empty string."""
+    if value is not None and (not isinstance(value, str) or not value):
+        raise InvalidArgumentError(f"helper_image must be a non-empty image name, got {value!r}")
+    return value
