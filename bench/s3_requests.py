@@ -14,6 +14,7 @@ this script.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import time
@@ -129,9 +130,9 @@ def measure(client: str, bucket: str, size: int, total: int, parallel: int) -> s
     keys = [f"{run_id}/{i:06d}" for i in range(count)]
     with ThreadPoolExecutor(parallel) as pool:
         put(f"{run_id}/warm", data)  # open a connection, sign once
-        puts = run(pool, [lambda k=k: put(k, data) for k in keys])
-        gets = run(pool, [lambda k=k: get(k) for k in keys])
-        heads = run(pool, [lambda k=k: head(k) for k in keys])
+        puts = run(pool, [functools.partial(put, k, data) for k in keys])
+        gets = run(pool, [functools.partial(get, k) for k in keys])
+        heads = run(pool, [functools.partial(head, k) for k in keys])
     label = f"{client:7} {size // 1024:5d} KiB x{count:<4d} par {parallel:2d}"
     return " | ".join(
         [label, row("PUT", size, puts), row("GET", size, gets), row("HEAD", 0, heads)]

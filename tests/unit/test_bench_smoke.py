@@ -13,6 +13,8 @@ import _data
 import _report
 from _cases import Sample
 
+MB = 1_000_000
+
 
 def tiny_tar(seed: int) -> bytes:
     layout = _data.venv_layout(seed, n_files=40, total=400_000)
@@ -46,7 +48,9 @@ def test_targets_pass_and_fail_on_ratios() -> None:
         "small-files": {
             "raw_get": _report.summarize([Sample(1.0), Sample(1.2), Sample(0.8)], nbytes),
             "snapshot": _report.summarize([Sample(1.1)], nbytes),
-            "resnapshot_unchanged": _report.summarize([Sample(0.5, new_bytes_stored=2e6)], nbytes),
+            "resnapshot_unchanged": _report.summarize(
+                [Sample(0.5, new_bytes_stored=2 * MB)], nbytes
+            ),
         }
     }
     targets = {(t.name, t.dataset): t for t in _report.evaluate(results)}

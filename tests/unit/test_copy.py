@@ -51,7 +51,7 @@ async def save(store: ChunkedStore, data: bytes = DATA, ttl: float | None = None
 
 
 async def read_back(store: Any, snapshot_id: str) -> bytes:
-    async with store.open(snapshot_id, image="img:latest") as reader:
+    async with store.open(snapshot_id) as reader:
         return b"".join([piece async for piece in reader])
 
 
@@ -111,13 +111,13 @@ async def test_chunked_copy_of_a_corrupt_chunk_commits_nothing(
 async def test_streamed_copy_round_trips(stores: tuple[ChunkedStore, ChunkedStore]) -> None:
     source, target = stores
     snapshot_id = await save(source)
-    report = await copy_snapshot(Opaque(source), target, snapshot_id)  # type: ignore[arg-type]
+    report = await copy_snapshot(Opaque(source), target, snapshot_id)
     assert report.streamed
     assert report.bytes_copied == len(DATA)
     assert await read_back(target, snapshot_id) == DATA
     info = await target.get(snapshot_id)
     assert (info.name, info.dir, info.source) == ("n", "/data", SOURCE)
-    again = await copy_snapshot(Opaque(source), target, snapshot_id)  # type: ignore[arg-type]
+    again = await copy_snapshot(Opaque(source), target, snapshot_id)
     assert again.bytes_copied == 0
 
 
@@ -128,7 +128,7 @@ async def test_streamed_copy_of_a_corrupt_chunk_commits_nothing(
     snapshot_id = await save(source)
     corrupt_one_chunk(tmp_path / "source")
     with pytest.raises(SnapshotCorruptError):
-        await copy_snapshot(Opaque(source), target, snapshot_id)  # type: ignore[arg-type]
+        await copy_snapshot(Opaque(source), target, snapshot_id)
     assert await target.list() == []
 
 

@@ -763,7 +763,7 @@ def test_max_entries() -> None:
 
 
 def test_errors_carry_their_fields_and_pickle() -> None:
-    errors: list[TarError] = [
+    errors: list[TarError | UnsafeArchiveError] = [
         TarFormatError(512, "bad"),
         TarLimitError(1024, "big"),
         UnsafeArchiveError("../x", "climbs"),
