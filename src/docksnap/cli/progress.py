@@ -31,6 +31,7 @@ from rich.text import Text
 from docksnap.cli import render
 from docksnap.model import DirectorySnapshot
 from docksnap.store.base import (
+    CopyReport,
     GcReport,
     SnapshotInfo,
     SnapshotSource,
@@ -213,6 +214,9 @@ class MeteredStore:
 
     async def stats(self) -> StoreStats:
         return await self._inner.stats()
+
+    async def copy_from(self, source: SnapshotStore, snapshot_id: str) -> CopyReport:
+        return await self._inner.copy_from(source, snapshot_id)
 
     async def close(self) -> None:
         await self._inner.close()

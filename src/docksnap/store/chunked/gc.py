@@ -26,7 +26,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -43,18 +43,15 @@ from docksnap.store.chunked.format import (
     TRASH,
     USED,
     GcLease,
-    ManifestRefs,
     chunk_key,
     digest_of_key,
     id_of_key,
     trash_key,
 )
+from docksnap.store.chunked.records import Records
 from docksnap.store.objects import ObjectInfo, ObjectNotFoundError, ObjectStore
 
 log = logging.getLogger(__name__)
-
-ReadRefs = Callable[[str], ManifestRefs | None]
-"""Read one manifest's references by key; None if it vanished. Raises if unreadable."""
 
 
 def store_now(objects: ObjectStore) -> float:
@@ -98,15 +95,10 @@ class Collector:
     """One gc run over a store. Call :meth:`run` from a thread that may block."""
 
     def __init__(
-        self,
-        objects: ObjectStore,
-        read_refs: ReadRefs,
-        io_pool: ThreadPoolExecutor,
-        *,
-        lease_seconds: float,
+        self, records: Records, io_pool: ThreadPoolExecutor, *, lease_seconds: float
     ) -> None:
-        self._objects = objects
-        self._read_refs = read_refs
+        self._objects = records.objects
+        self._read_refs = records.refs
         self._io = io_pool
         self._lease_seconds = lease_seconds
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"

@@ -20,59 +20,36 @@ from typing import ParamSpec, TypeVar
 
 import msgspec
 
-from docksnap.errors import (
-    InvalidSnapshotError,
-    SnapshotCorruptError,
-    SnapshotNotFoundError,
-    StoreError,
-    StoreFormatError,
-)
+from docksnap.errors import SnapshotCorruptError, SnapshotNotFoundError, StoreError
 from docksnap.model import DirectorySnapshot
 from docksnap.store.base import (
+    CopyReport,
     GcReport,
     SnapshotInfo,
     SnapshotSource,
+    SnapshotStore,
     StoreStats,
     TarReader,
     VerifyReport,
 )
 from docksnap.store.chunked.format import (
     CHUNKS,
-    CONFIG_KEY,
-    FORMAT_NAME,
-    FORMAT_VERSION,
-    INDEX_VERSION,
     MANIFEST_VERSION,
-    MANIFESTS,
-    TAG_RAW,
-    TAG_ZSTD,
     TRASH,
-    ChunkDecodeError,
     ChunkerParams,
-    IndexRef,
-    LastUsed,
     Manifest,
     ManifestHeader,
-    ManifestRefs,
     SourceRecord,
-    StoreConfig,
-    TarIndex,
     VersionProbe,
-    chunk_key,
-    decode_record,
     digest_of_key,
-    encode_record,
-    hash_hex,
-    id_of_key,
     index_key,
-    is_snapshot_id,
     manifest_key,
-    open_record,
-    trash_key,
     used_key,
 )
 from docksnap.store.chunked.gc import Collector
 from docksnap.store.chunked.reader import READ_AHEAD, ChunkedTarReader, ChunkFetcher
+from docksnap.store.chunked.records import Records, info_from_header
+from docksnap.store.chunked.transfer import ChunkCopier
 from docksnap.store.chunked.verify import Verifier
 from docksnap.store.chunked.writer import (
     BATCH_SIZE,
@@ -82,14 +59,14 @@ from docksnap.store.chunked.writer import (
     StreamResult,
     StreamWriter,
 )
-from docksnap.store.objects import ObjectNotFoundError, ObjectStore
+from docksnap.store.copy import stream_copy
+from docksnap.store.objects import ObjectStore
 from docksnap.tarstream import TarEntry
 
 log = logging.getLogger(__name__)
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
-_T = TypeVar("_T")
 
 
 class ChunkedStore:
@@ -122,8 +99,7 @@ class ChunkedStore:
         self._read_ahead = read_ahead
         self._max_write_seconds = max_write_seconds
         self._gc_lease_seconds = gc_lease_seconds
-        self._new_store_chunker = chunker or ChunkerParams()
-        self._config: StoreConfig | None = None
+        self._records = Records(objects, new_store_chunker=chunker or ChunkerParams())
         self._pools: Pools | None = None
         self._control: ThreadPoolExecutor | None = None
         self._closed = False
@@ -155,8 +131,8 @@ class ChunkedStore:
         built, and a stream cut short must never become a snapshot. Saving an id that
         exists raises :class:`StoreError`. Object-store errors are not retried here.
         """
-        config = await self._control_call(self._config_for_write)
-        if await self._control_call(self._objects.exists, manifest_key(snapshot.id)):
+        config = await self._control_call(self._records.config_for_write)
+        if await self._control_call(self._records.manifest_exists, snapshot.id):
             raise StoreError(self.url, f"snapshot {snapshot.id} already exists")
         started = time.monotonic()
         writer = StreamWriter(self._get_pools(), config.chunker)
@@ -187,11 +163,11 @@ class ChunkedStore:
         Read-only. The index object is checked against the digest in the manifest;
         a missing or mismatching one raises :class:`SnapshotCorruptError`.
         """
-        return await self._control_call(self._read_index, snapshot_id)
+        return await self._control_call(self._records.index, snapshot_id)
 
     @contextlib.asynccontextmanager
     async def _open(self, snapshot_id: str) -> AsyncIterator[TarReader]:
-        manifest = await self._control_call(self._load_manifest, snapshot_id, Manifest)
+        manifest = await self._control_call(self._records.manifest, snapshot_id, Manifest)
         fetcher = ChunkFetcher(self._objects, snapshot_id)
         reader = ChunkedTarReader(
             manifest, fetcher, self._get_pools().io, read_ahead=self._read_ahead
@@ -203,7 +179,7 @@ class ChunkedStore:
 
     async def get(self, snapshot_id: str) -> SnapshotInfo:
         """The record of one snapshot. Read-only; raises SnapshotNotFoundError."""
-        return await self._control_call(self._info, snapshot_id)
+        return await self._control_call(self._records.info, snapshot_id)
 
     async def list(self) -> list[SnapshotInfo]:
         """Every committed snapshot. Reads manifest headers, never chunk lists or indexes.
@@ -241,6 +217,28 @@ class ChunkedStore:
         if grace < 0:
             raise ValueError(f"grace must be >= 0 seconds, got {grace}")
         return await self._control_call(self._gc, grace)
+
+    async def copy_from(self, source: SnapshotStore, snapshot_id: str) -> CopyReport:
+        """Copy ``snapshot_id`` from ``source`` into this store; idempotent, atomic here.
+
+        From another chunked store only the chunks this store lacks travel, each
+        verified on the way, and the manifest is copied byte for byte
+        (:mod:`.transfer`); from any other store the verified tar stream is saved
+        anew (:func:`docksnap.store.copy.stream_copy`). Errors as
+        :func:`docksnap.store.copy.copy_snapshot`.
+        """
+        if not isinstance(source, ChunkedStore):
+            return await stream_copy(source, self, snapshot_id)
+        copier = ChunkCopier(
+            source._records, self._records, snapshot_id, max_write_seconds=self._max_write_seconds
+        )
+        stats = await asyncio.to_thread(copier.run)
+        return CopyReport(
+            snapshot=await self.get(snapshot_id),
+            chunks_copied=stats.chunks_copied,
+            bytes_copied=stats.bytes_copied,
+            chunks_present=stats.chunks_present,
+        )
 
     async def stats(self) -> StoreStats:
         """Totals over referenced data; unreferenced leftovers are in ``extra``."""
@@ -290,171 +288,20 @@ class ChunkedStore:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._control, lambda: fn(*args, **kwargs))
 
-    # --- config ------------------------------------------------------------------------
-
-    def _read_config(self) -> StoreConfig | None:
-        """The store's config, or None for an empty store; StoreFormatError if alien."""
-        if self._config is not None:
-            return self._config
-        try:
-            raw = self._objects.get(CONFIG_KEY)
-        except ObjectNotFoundError:
-            return None
-        self._config = self._parse_config(raw)
-        return self._config
-
-    def _parse_config(self, raw: bytes) -> StoreConfig:
-        try:
-            probe = msgspec.json.decode(raw)
-        except msgspec.DecodeError as exc:
-            raise StoreFormatError(self.url, f"{CONFIG_KEY} is not JSON: {exc}") from exc
-        if not isinstance(probe, dict) or probe.get("format") != FORMAT_NAME:
-            raise StoreFormatError(self.url, f"{CONFIG_KEY} does not describe a {FORMAT_NAME}")
-        version = probe.get("version")
-        if version != FORMAT_VERSION:
-            raise StoreFormatError(
-                self.url,
-                f"store format version {version!r} is not supported "
-                f"(this docksnap reads version {FORMAT_VERSION})",
-            )
-        try:
-            config = msgspec.json.decode(raw, type=StoreConfig)
-        except msgspec.DecodeError as exc:
-            raise StoreFormatError(self.url, f"{CONFIG_KEY} is malformed: {exc}") from exc
-        if config.hash != "blake3" or (config.codec.raw, config.codec.zstd) != (TAG_RAW, TAG_ZSTD):
-            raise StoreFormatError(self.url, f"unsupported hash or codec in {CONFIG_KEY}")
-        return config
-
-    def _config_for_write(self) -> StoreConfig:
-        """The config, created (put_if_absent) by the first writer of an empty store."""
-        config = self._read_config()
-        if config is not None:
-            return config
-        fresh = StoreConfig(chunker=self._new_store_chunker, created_at=time.time())
-        self._objects.put_if_absent(CONFIG_KEY, msgspec.json.encode(fresh))
-        # Whoever won the race wrote the config every writer must follow.
-        config = self._read_config()
-        if config is None:
-            raise StoreError(self.url, f"{CONFIG_KEY} vanished right after it was written")
-        return config
-
-    # --- manifests -----------------------------------------------------------------------
-
-    def _load_manifest(self, snapshot_id: str, kind: type[_T]) -> _T:
-        """Decode ``manifests/<id>`` as ``kind``. Raises SnapshotNotFoundError,
-        SnapshotCorruptError (undecodable) or StoreFormatError (unknown version)."""
-        self._read_config()
-        if not is_snapshot_id(snapshot_id):
-            raise SnapshotNotFoundError(snapshot_id, self.url)
-        key = manifest_key(snapshot_id)
-        try:
-            stored = self._objects.get(key)
-        except ObjectNotFoundError:
-            raise SnapshotNotFoundError(snapshot_id, self.url) from None
-        return self._decode_manifest(snapshot_id, key, stored, kind)
-
-    def _decode_manifest(self, snapshot_id: str, key: str, stored: bytes, kind: type[_T]) -> _T:
-        try:
-            packed = open_record(stored)
-            version = decode_record(packed, VersionProbe).version
-        except ChunkDecodeError as exc:
-            detail = f"manifest {key} is unreadable: {exc}"
-            raise SnapshotCorruptError(snapshot_id, detail) from None
-        if version != MANIFEST_VERSION:
-            raise StoreFormatError(
-                self.url, f"manifest {key} has format version {version}, unsupported"
-            )
-        try:
-            manifest = decode_record(packed, kind)
-        except ChunkDecodeError as exc:
-            raise SnapshotCorruptError(snapshot_id, f"manifest {key} is malformed: {exc}") from None
-        if isinstance(manifest, Manifest | ManifestHeader) and manifest.id != snapshot_id:
-            raise SnapshotCorruptError(snapshot_id, f"manifest {key} names id {manifest.id}")
-        return manifest
-
-    def _read_refs(self, key: str) -> ManifestRefs | None:
-        """For gc/stats: a manifest's references, None if it was deleted meanwhile."""
-        snapshot_id = id_of_key(key)
-        if snapshot_id is None:
-            raise StoreError(self.url, f"unexpected object {key} among the manifests")
-        try:
-            return self._load_manifest(snapshot_id, ManifestRefs)
-        except SnapshotNotFoundError:
-            return None
-
-    def _info(self, snapshot_id: str) -> SnapshotInfo:
-        header = self._load_manifest(snapshot_id, ManifestHeader)
-        return self._to_info(header, self._last_used(snapshot_id))
-
-    def _read_index(self, snapshot_id: str) -> builtins.list[TarEntry]:
-        ref = self._load_manifest(snapshot_id, ManifestHeader).index
-        if ref is None:
-            raise SnapshotCorruptError(snapshot_id, "the manifest references no tar index")
-        try:
-            stored = self._objects.get(ref.key)
-        except ObjectNotFoundError:
-            raise SnapshotCorruptError(snapshot_id, f"tar index {ref.key} is missing") from None
-        actual = f"blake3:{hash_hex(stored)}"
-        if actual != ref.digest:
-            detail = f"tar index {ref.key} hashes to {actual}, manifest says {ref.digest}"
-            raise SnapshotCorruptError(snapshot_id, detail)
-        try:
-            index = decode_record(open_record(stored), TarIndex)
-        except ChunkDecodeError as exc:
-            detail = f"tar index {ref.key} is unreadable: {exc}"
-            raise SnapshotCorruptError(snapshot_id, detail) from None
-        return builtins.list(index.entries)
-
-    def _to_info(self, header: ManifestHeader, last_used: float | None) -> SnapshotInfo:
-        try:
-            snapshot = DirectorySnapshot(
-                id=header.id,
-                size=header.size,
-                dir=header.dir,
-                name=header.name,
-                digest=header.digest,
-                created_at=header.created_at,
-            )
-        except InvalidSnapshotError as exc:
-            detail = f"manifest holds an invalid record: {exc}"
-            raise SnapshotCorruptError(header.id, detail) from None
-        source = header.source
-        return SnapshotInfo(
-            snapshot=snapshot,
-            created_at=header.created_at,
-            last_used_at=max(header.last_used_at, last_used or 0.0),
-            source=SnapshotSource(source.container, source.image) if source else None,
-            ttl=header.ttl,
-        )
-
-    def _last_used(self, snapshot_id: str) -> float | None:
-        try:
-            raw = self._objects.get(used_key(snapshot_id))
-        except ObjectNotFoundError:
-            return None
-        try:
-            return msgspec.json.decode(raw, type=LastUsed).last_used_at
-        except msgspec.DecodeError:
-            log.warning("ignoring unreadable use record %s", used_key(snapshot_id))
-            return None
+    # --- list ----------------------------------------------------------------------------
 
     def _list(self) -> builtins.list[SnapshotInfo]:
-        ids = [i for i in map(id_of_key, self._manifest_keys()) if i is not None]
+        ids = self._records.snapshot_ids()
         return [info for info in self._get_pools().io.map(self._info_or_none, ids) if info]
 
     def _info_or_none(self, snapshot_id: str) -> SnapshotInfo | None:
         try:
-            return self._info(snapshot_id)
+            return self._records.info(snapshot_id)
         except SnapshotNotFoundError:
             return None  # deleted while we listed
         except SnapshotCorruptError as exc:
             log.warning("skipping snapshot %s in listing: %s", snapshot_id, exc)
             return None
-
-    def _manifest_keys(self) -> builtins.list[str]:
-        if self._read_config() is None:
-            return []
-        return [info.key for info in self._objects.list(MANIFESTS)]
 
     # --- save: commit --------------------------------------------------------------------
 
@@ -468,8 +315,8 @@ class ChunkedStore:
     ) -> SnapshotInfo:
         """Write the index, then the manifest with put_if_absent: the commit point."""
         if elapsed > self._max_write_seconds:
-            self._recheck_deduplicated(snapshot.id, result.deduped)
-        index = self._write_index(snapshot.id, result.entries)
+            self._records.recheck_deduplicated(snapshot.id, result.deduped, self._max_write_seconds)
+        index = self._records.write_index(snapshot.id, result.entries)
         now = time.time()
         manifest = Manifest(
             version=MANIFEST_VERSION,
@@ -485,55 +332,19 @@ class ChunkedStore:
             chunks=result.chunks,
             index=index,
         )
-        if not self._objects.put_if_absent(manifest_key(snapshot.id), encode_record(manifest)):
+        if not self._records.commit(manifest):
             raise StoreError(self.url, f"snapshot {snapshot.id} already exists")
         header = msgspec.convert(msgspec.structs.asdict(manifest), ManifestHeader)
-        return self._to_info(header, None)
-
-    def _write_index(self, snapshot_id: str, entries: builtins.list[TarEntry]) -> IndexRef:
-        stored = encode_record(
-            TarIndex(version=INDEX_VERSION, snapshot_id=snapshot_id, entries=tuple(entries))
-        )
-        key = index_key(snapshot_id)
-        # put, not put_if_absent: a failed earlier save of the same id may have left one.
-        self._objects.put(key, stored)
-        return IndexRef(
-            key=key,
-            digest=f"blake3:{hash_hex(stored)}",
-            entries=len(entries),
-            stored_size=len(stored),
-        )
-
-    def _recheck_deduplicated(self, snapshot_id: str, deduped: frozenset[str]) -> None:
-        """After a long save, make sure every chunk it relied on is still stored.
-
-        gc may have trashed one since the save saw it; moving it back now restarts
-        the grace period, which a commit right after this easily fits in.
-        """
-        for digest in deduped:
-            if self._objects.exists(chunk_key(digest)):
-                continue
-            try:
-                stored = self._objects.get(trash_key(digest))
-            except ObjectNotFoundError:
-                raise StoreError(
-                    self.url,
-                    f"snapshot {snapshot_id} not saved: chunk {digest} it deduplicated "
-                    f"against was garbage-collected during a save longer than "
-                    f"{self._max_write_seconds:.0f} s",
-                ) from None
-            self._objects.put_if_absent(chunk_key(digest), stored)
+        return info_from_header(header, None)
 
     # --- delete / touch --------------------------------------------------------------------
 
     def _delete(self, snapshot_id: str) -> None:
         # Existence, not decoding: a damaged manifest must stay deletable, or it would
         # block gc (which refuses to run while a manifest's references are unknown).
-        self._read_config()
-        key = manifest_key(snapshot_id)
-        if not is_snapshot_id(snapshot_id) or not self._objects.exists(key):
+        if not self._records.manifest_exists(snapshot_id):
             raise SnapshotNotFoundError(snapshot_id, self.url)
-        self._objects.delete(key)
+        self._objects.delete(manifest_key(snapshot_id))
         # The manifest is gone, so the snapshot is; what follows is tidying that gc
         # redoes if we die here.
         for leftover in (index_key(snapshot_id), used_key(snapshot_id)):
@@ -543,40 +354,35 @@ class ChunkedStore:
                 log.warning("left %s for gc", leftover, exc_info=True)
 
     def _touch(self, snapshot_id: str, when: float) -> None:
-        self._load_manifest(snapshot_id, VersionProbe)
-        previous = self._last_used(snapshot_id)
+        self._records.manifest(snapshot_id, VersionProbe)
+        previous = self._records.last_used(snapshot_id)
         if previous is not None and previous >= when:
             return
-        self._objects.put(used_key(snapshot_id), msgspec.json.encode(LastUsed(when)))
+        self._records.write_last_used(snapshot_id, when)
 
     # --- verify / gc / stats ---------------------------------------------------------------
 
     def _verify(self, snapshot_id: str | None, read_data: bool) -> VerifyReport:
         if snapshot_id is not None:
-            self._load_manifest(snapshot_id, VersionProbe)  # unknown id → NotFound
+            self._records.manifest(snapshot_id, VersionProbe)  # unknown id → NotFound
             ids = [snapshot_id]
         else:
-            ids = [i for i in map(id_of_key, self._manifest_keys()) if i is not None]
-        verifier = Verifier(self._objects, self._get_pools().io, self._load_full_manifest)
-        return verifier.run(ids, read_data=read_data)
-
-    def _load_full_manifest(self, snapshot_id: str) -> Manifest:
-        return self._load_manifest(snapshot_id, Manifest)
+            ids = self._records.snapshot_ids()
+        return Verifier(self._records, self._get_pools().io).run(ids, read_data=read_data)
 
     def _gc(self, grace: float) -> GcReport:
-        if self._read_config() is None:
+        if self._records.read_config() is None:
             return GcReport(objects_deleted=0, bytes_deleted=0)
         collector = Collector(
-            self._objects,
-            self._read_refs,
+            self._records,
             self._get_pools().io,
             lease_seconds=self._gc_lease_seconds,
         )
         return collector.run(grace)
 
     def _stats(self) -> StoreStats:
-        keys = self._manifest_keys()
-        refs = [r for r in self._get_pools().io.map(self._read_refs, keys) if r is not None]
+        keys = self._records.manifest_keys()
+        refs = [r for r in self._get_pools().io.map(self._records.refs, keys) if r is not None]
         unique: dict[str, int] = {ref.hash: ref.length for m in refs for ref in m.chunks}
         stored = _stored_sizes(self._objects)
         referenced_stored = sum(stored.get(digest, 0) for digest in unique)

@@ -7,9 +7,10 @@ then the manifest with ``put_if_absent`` as the one commit point, so a copy cut
 short at any step leaves only orphans for the target's gc. The manifest is
 copied byte for byte: the snapshot keeps its id, creation time and digest.
 
-Lives in this package because it writes the chunked format directly and relies
-on the same internal steps as :meth:`ChunkedStore.save` (config creation, the
-re-check of deduplicated chunks after a long write).
+Lives in this package because it writes the chunked format directly; the record
+steps it shares with a save (config creation, manifest decoding, the index
+check, the re-check of deduplicated chunks after a long write) are
+:class:`~docksnap.store.chunked.records.Records`'.
 """
 
 from __future__ import annotations
@@ -18,19 +19,10 @@ import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
-from docksnap.errors import SnapshotCorruptError, SnapshotNotFoundError, StoreError
-from docksnap.store.chunked.format import (
-    ChunkRef,
-    Manifest,
-    chunk_key,
-    hash_hex,
-    is_snapshot_id,
-    manifest_key,
-    used_key,
-)
+from docksnap.errors import StoreError
+from docksnap.store.chunked.format import ChunkRef, Manifest, chunk_key
 from docksnap.store.chunked.reader import ChunkFetcher
-from docksnap.store.chunked.store import ChunkedStore
-from docksnap.store.objects import ObjectNotFoundError
+from docksnap.store.chunked.records import Records
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,14 +39,23 @@ class ChunkCopier:
     """Copies ``snapshot_id`` from ``source`` to ``target``. Blocking: run on a thread.
 
     ``workers`` chunk transfers run at once; each holds one chunk in memory.
+    ``max_write_seconds`` is the target's bound on relying on chunks it already
+    had (docs/FORMAT.md, "Enforcing (A)").
     """
 
     def __init__(
-        self, source: ChunkedStore, target: ChunkedStore, snapshot_id: str, *, workers: int = 16
+        self,
+        source: Records,
+        target: Records,
+        snapshot_id: str,
+        *,
+        max_write_seconds: float,
+        workers: int = 16,
     ) -> None:
         self._source = source
         self._target = target
         self._id = snapshot_id
+        self._max_write_seconds = max_write_seconds
         self._workers = max(1, workers)
         self._fetcher = ChunkFetcher(source.objects, snapshot_id)
 
@@ -66,39 +67,27 @@ class ChunkCopier:
         different snapshot under this id), StoreFormatError (either store's format
         is unknown).
         """
-        raw, manifest = self._source_manifest()
+        raw, manifest = self._source.manifest_with_bytes(self._id, Manifest)
         if self._target_holds(raw):
             return ChunkCopyStats(0, 0, len({ref.hash for ref in manifest.chunks}))
-        self._target._config_for_write()
+        self._target.config_for_write()
         started = time.monotonic()
         stats, present = self._copy_chunks(manifest.chunks)
         self._copy_index(manifest)
-        if time.monotonic() - started > self._target._max_write_seconds:
+        if time.monotonic() - started > self._max_write_seconds:
             # The target's gc may have trashed a chunk we found there meanwhile.
-            self._target._recheck_deduplicated(self._id, frozenset(present))
+            self._target.recheck_deduplicated(self._id, present, self._max_write_seconds)
         self._copy_use_record()
-        if not self._target.objects.put_if_absent(manifest_key(self._id), raw):
+        if not self._target.commit_stored(self._id, raw):
             self._target_holds(raw)  # a concurrent copy of the same snapshot won
         return stats
 
     # --- manifest ------------------------------------------------------------------------
 
-    def _source_manifest(self) -> tuple[bytes, Manifest]:
-        self._source._read_config()  # an unknown format raises StoreFormatError
-        key = manifest_key(self._id)
-        if not is_snapshot_id(self._id):
-            raise SnapshotNotFoundError(self._id, self._source.url)
-        try:
-            raw = self._source.objects.get(key)
-        except ObjectNotFoundError:
-            raise SnapshotNotFoundError(self._id, self._source.url) from None
-        return raw, self._source._decode_manifest(self._id, key, raw, Manifest)
-
     def _target_holds(self, raw: bytes) -> bool:
         """True if the target has this manifest; StoreError if it has another one."""
-        try:
-            existing = self._target.objects.get(manifest_key(self._id))
-        except ObjectNotFoundError:
+        existing = self._target.stored_manifest(self._id)
+        if existing is None:
             return False
         if existing != raw:
             raise StoreError(
@@ -139,20 +128,11 @@ class ChunkCopier:
         ref = manifest.index
         if ref is None:
             return
-        try:
-            stored = self._source.objects.get(ref.key)
-        except ObjectNotFoundError:
-            raise SnapshotCorruptError(self._id, f"index {ref.key} is missing") from None
-        actual = f"blake3:{hash_hex(stored)}"
-        if actual != ref.digest:
-            detail = f"index {ref.key} hashes to {actual}, manifest says {ref.digest}"
-            raise SnapshotCorruptError(self._id, detail)
-        self._target.objects.put(ref.key, stored)
+        stored, _ = self._source.index_bytes(self._id, ref)
+        self._target.put_index(self._id, stored, ref.entries)
 
     def _copy_use_record(self) -> None:
         """Carry the last-use time over, so a TTL keeps counting from the real last use."""
-        try:
-            record = self._source.objects.get(used_key(self._id))
-        except ObjectNotFoundError:
-            return
-        self._target.objects.put(used_key(self._id), record)
+        record = self._source.use_record_bytes(self._id)
+        if record is not None:
+            self._target.put_use_record_bytes(self._id, record)

@@ -7,7 +7,7 @@ one as a :class:`~docksnap.store.base.Problem` naming the snapshot and the chunk
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -15,19 +15,9 @@ import blake3
 
 from docksnap.errors import SnapshotCorruptError, SnapshotNotFoundError, StoreError
 from docksnap.store.base import Problem, VerifyReport
-from docksnap.store.chunked.format import (
-    ChunkDecodeError,
-    ChunkRef,
-    Manifest,
-    TarIndex,
-    chunk_key,
-    decode_record,
-    hash_hex,
-    open_record,
-    trash_key,
-)
+from docksnap.store.chunked.format import ChunkRef, Manifest, chunk_key, trash_key
 from docksnap.store.chunked.reader import PIECE_SIZE, READ_AHEAD, ChunkFetcher, group_chunks
-from docksnap.store.objects import ObjectNotFoundError, ObjectStore
+from docksnap.store.chunked.records import Records
 
 _Checked = list[tuple[ChunkRef, bytes | memoryview | None, str | None]]
 
@@ -51,15 +41,10 @@ class _Tally:
 class Verifier:
     """Checks manifests, their indexes and chunks. Runs on a control thread."""
 
-    def __init__(
-        self,
-        objects: ObjectStore,
-        io_pool: ThreadPoolExecutor,
-        load_manifest: Callable[[str], Manifest],
-    ) -> None:
-        self._objects = objects
+    def __init__(self, records: Records, io_pool: ThreadPoolExecutor) -> None:
+        self._records = records
+        self._objects = records.objects
         self._io = io_pool
-        self._load = load_manifest
 
     def run(self, snapshot_ids: Iterable[str], *, read_data: bool) -> VerifyReport:
         tally = _Tally()
@@ -77,7 +62,7 @@ class Verifier:
 
     def _manifest_or_problem(self, snapshot_id: str, tally: _Tally) -> Manifest | None:
         try:
-            return self._load(snapshot_id)
+            return self._records.manifest(snapshot_id, Manifest)
         except SnapshotNotFoundError:
             return None  # deleted since it was listed
         except (SnapshotCorruptError, StoreError) as exc:
@@ -90,18 +75,14 @@ class Verifier:
         if ref is None:
             return
         tally.objects += 1
-        try:
-            if not read_data:
-                if not self._objects.exists(ref.key):
-                    tally.problems.append(Problem(manifest.id, ref.key, "index is missing"))
-                return
-            stored = self._objects.get(ref.key)
-        except ObjectNotFoundError:
-            tally.problems.append(Problem(manifest.id, ref.key, "index is missing"))
+        if not read_data:
+            if not self._objects.exists(ref.key):
+                tally.problems.append(Problem(manifest.id, ref.key, "index is missing"))
             return
-        detail = _index_problem(stored, manifest)
-        if detail:
-            tally.problems.append(Problem(manifest.id, ref.key, detail))
+        try:
+            self._records.index_bytes(manifest.id, ref)
+        except SnapshotCorruptError as exc:
+            tally.problems.append(Problem(manifest.id, ref.key, exc.detail))
 
     def _check_presence(self, manifest: Manifest, tally: _Tally) -> None:
         unique = sorted({ref.hash for ref in manifest.chunks})
@@ -149,19 +130,3 @@ def _check_group(fetcher: ChunkFetcher, refs: Sequence[ChunkRef]) -> _Checked:
         except SnapshotCorruptError as exc:
             checked.append((ref, None, exc.detail))
     return checked
-
-
-def _index_problem(stored: bytes, manifest: Manifest) -> str | None:
-    ref = manifest.index
-    if ref is None:
-        return None
-    actual = f"blake3:{hash_hex(stored)}"
-    if actual != ref.digest:
-        return f"index hashes to {actual}, manifest says {ref.digest}"
-    try:
-        index = decode_record(open_record(stored), TarIndex)
-    except ChunkDecodeError as exc:
-        return f"index is unreadable: {exc}"
-    if index.snapshot_id != manifest.id or len(index.entries) != ref.entries:
-        return "index does not match its manifest (id or entry count)"
-    return None
