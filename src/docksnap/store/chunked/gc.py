@@ -24,9 +24,10 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -103,7 +104,9 @@ class Collector:
         self._lease_seconds = lease_seconds
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
-    def run(self, grace: float) -> GcReport:
+    def run(
+        self, grace: float, then: Callable[[float], tuple[int, int, int]] | None = None
+    ) -> GcReport:
         """Trash old unreferenced chunks, purge old trash, drop orphans. Not atomic.
 
         Safe to interrupt at any point (every step is idempotent and leaves each
@@ -112,10 +115,33 @@ class Collector:
         deleting anything if a manifest cannot be read: its references are unknown.
         """
         self._acquire_lease()
+        stop = threading.Event()
+        refresher = threading.Thread(
+            target=self._keep_lease, args=(stop,), name="docksnap-gc-lease", daemon=True
+        )
+        refresher.start()
         try:
-            return self._collect(grace)
+            report = self._collect(grace)
+            if then is None:
+                return report
+            deleted, freed, young = then(grace)
+            return GcReport(
+                objects_deleted=report.objects_deleted + deleted,
+                bytes_deleted=report.bytes_deleted + freed,
+                objects_kept_young=report.objects_kept_young + young,
+            )
         finally:
+            stop.set()
+            refresher.join()
             self._release_lease()
+
+    def _keep_lease(self, stop: threading.Event) -> None:
+        """Refresh the lease often, so that a dead gc's lease goes stale quickly."""
+        while not stop.wait(self._lease_seconds / 4):
+            try:
+                self._refresh_lease()
+            except StoreError:
+                log.warning("could not refresh the gc lease", exc_info=True)
 
     def _collect(self, grace: float) -> GcReport:
         tally = _Tally()
@@ -235,7 +261,7 @@ class Collector:
         if self._objects.put_if_absent(GC_LOCK_KEY, lease):
             return
         holder, age = self._lease_holder()
-        if age is not None and age > self._lease_seconds:
+        if (age is not None and age > self._lease_seconds) or _dead_here(holder):
             # The holder died without releasing it. Two gcs breaking the same stale
             # lease at once could both proceed; the lease time makes that a
             # once-in-hours event, and two gcs only race on trash purges.
@@ -271,3 +297,19 @@ class Collector:
             self._objects.delete(GC_LOCK_KEY)
         except StoreError:
             log.warning("could not release the gc lease %s", GC_LOCK_KEY, exc_info=True)
+
+
+def _dead_here(owner: str) -> bool:
+    """Whether a lease ``owner`` (``host:pid:tag``) is a process of this host that
+    no longer exists: its lease can be broken at once instead of after it expires."""
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False

@@ -32,9 +32,9 @@ from docksnap.store.base import SnapshotInfo, SnapshotSource
 from docksnap.store.chunked.format import (
     CONFIG_KEY,
     FORMAT_NAME,
-    FORMAT_VERSION,
+    FORMAT_VERSIONS,
     INDEX_VERSION,
-    MANIFEST_VERSION,
+    MANIFEST_VERSIONS,
     MANIFESTS,
     TAG_RAW,
     TAG_ZSTD,
@@ -104,18 +104,38 @@ class Records:
         self._config = self._parse_config(raw)
         return self._config
 
-    def config_for_write(self) -> StoreConfig:
-        """The config, created (``put_if_absent``) by the first writer of an empty store."""
-        config = self.read_config()
-        if config is not None:
-            return config
-        fresh = StoreConfig(chunker=self._new_store_chunker, created_at=time.time())
-        self._objects.put_if_absent(CONFIG_KEY, msgspec.json.encode(fresh))
-        # Whoever won the race wrote the config every writer must follow.
+    def config_for_write(self, version: int) -> StoreConfig:
+        """The config a writer of format ``version`` follows, created if need be.
+
+        The first writer of an empty store creates it (``put_if_absent``). A
+        version-2 writer upgrades a version-1 store in place (same chunker; its
+        version-1 snapshots stay readable, while an older docksnap then refuses the
+        store instead of misreading it). A version-1 writer refuses a version-2
+        store with StoreFormatError.
+        """
         config = self.read_config()
         if config is None:
-            raise StoreError(self.url, f"{CONFIG_KEY} vanished right after it was written")
-        return config
+            fresh = StoreConfig(
+                version=version, chunker=self._new_store_chunker, created_at=time.time()
+            )
+            self._objects.put_if_absent(CONFIG_KEY, msgspec.json.encode(fresh))
+            # Whoever won the race wrote the config every writer must follow.
+            config = self.read_config()
+            if config is None:
+                raise StoreError(self.url, f"{CONFIG_KEY} vanished right after it was written")
+        if config.version == version:
+            return config
+        if config.version > version:
+            raise StoreFormatError(
+                self.url,
+                f"store is format version {config.version}; a version-{version} writer "
+                "must not write into it",
+            )
+        upgraded = msgspec.structs.replace(config, version=version)
+        # put, not put_if_absent: racing upgraders all write the same bytes' meaning.
+        self._objects.put(CONFIG_KEY, msgspec.json.encode(upgraded))
+        self._config = upgraded
+        return upgraded
 
     def _parse_config(self, raw: bytes) -> StoreConfig:
         try:
@@ -125,11 +145,11 @@ class Records:
         if not isinstance(probe, dict) or probe.get("format") != FORMAT_NAME:
             raise StoreFormatError(self.url, f"{CONFIG_KEY} does not describe a {FORMAT_NAME}")
         version = probe.get("version")
-        if version != FORMAT_VERSION:
+        if version not in FORMAT_VERSIONS:
             raise StoreFormatError(
                 self.url,
                 f"store format version {version!r} is not supported "
-                f"(this docksnap reads version {FORMAT_VERSION})",
+                f"(this docksnap reads versions {', '.join(map(str, FORMAT_VERSIONS))})",
             )
         try:
             config = msgspec.json.decode(raw, type=StoreConfig)
@@ -165,7 +185,7 @@ class Records:
         except ChunkDecodeError as exc:
             detail = f"manifest {key} is unreadable: {exc}"
             raise SnapshotCorruptError(snapshot_id, detail) from None
-        if version != MANIFEST_VERSION:
+        if version not in MANIFEST_VERSIONS:
             raise StoreFormatError(
                 self.url, f"manifest {key} has format version {version}, unsupported"
             )

@@ -34,6 +34,8 @@ from docksnap.store.base import (
 )
 from docksnap.store.chunked.format import (
     CHUNKS,
+    FORMAT_VERSION,
+    FORMAT_VERSIONS,
     MANIFEST_VERSION,
     TRASH,
     ChunkerParams,
@@ -41,20 +43,41 @@ from docksnap.store.chunked.format import (
     ManifestHeader,
     SourceRecord,
     VersionProbe,
+    chunk_key,
     digest_of_key,
     index_key,
     manifest_key,
+    trash_key,
     used_key,
 )
 from docksnap.store.chunked.gc import Collector
-from docksnap.store.chunked.reader import READ_AHEAD, ChunkedTarReader, ChunkFetcher
+from docksnap.store.chunked.leases import DEFAULT_TTL, Lease
+from docksnap.store.chunked.packgc import REPACK_THRESHOLD, PackCollector
+from docksnap.store.chunked.packs import (
+    PACK_TARGET,
+    PACKS,
+    ChunkIndex,
+    IndexCache,
+    PackBuilder,
+    PackTable,
+    pack_id_of_key,
+    pack_index_key,
+    pending_packs,
+)
+from docksnap.store.chunked.reader import (
+    READ_AHEAD,
+    ChunkedTarReader,
+    ChunkFetcher,
+    PackFetcher,
+)
 from docksnap.store.chunked.records import Records, info_from_header
-from docksnap.store.chunked.transfer import ChunkCopier
+from docksnap.store.chunked.transfer import ChunkCopier, PackCopier
 from docksnap.store.chunked.verify import Verifier
 from docksnap.store.chunked.writer import (
     BATCH_SIZE,
     SEGMENT_SIZE,
     BufferCache,
+    PackTarget,
     Pools,
     StreamResult,
     StreamWriter,
@@ -90,9 +113,15 @@ class ChunkedStore:
         io_workers: int = 16,
         read_ahead: int = READ_AHEAD,
         max_write_seconds: float = 1800.0,
-        gc_lease_seconds: float = 3600.0,
+        gc_lease_seconds: float = 120.0,
         chunker: ChunkerParams | None = None,
+        format_version: int = FORMAT_VERSION,
+        pack_size: int = PACK_TARGET,
+        lease_ttl: float = DEFAULT_TTL,
+        repack_threshold: float | None = REPACK_THRESHOLD,
     ) -> None:
+        if format_version not in FORMAT_VERSIONS:
+            raise ValueError(f"format_version must be one of {FORMAT_VERSIONS}")
         self._objects = objects
         self._workers = max(1, workers)
         self._io_workers = max(1, io_workers)
@@ -100,6 +129,11 @@ class ChunkedStore:
         self._max_write_seconds = max_write_seconds
         self._gc_lease_seconds = gc_lease_seconds
         self._records = Records(objects, new_store_chunker=chunker or ChunkerParams())
+        self._format_version = format_version
+        self._pack_size = pack_size
+        self._lease_ttl = lease_ttl
+        self._repack_threshold = repack_threshold
+        self._index_cache: IndexCache | None = None
         self._pools: Pools | None = None
         self._control: ThreadPoolExecutor | None = None
         self._closed = False
@@ -131,11 +165,42 @@ class ChunkedStore:
         built, and a stream cut short must never become a snapshot. Saving an id that
         exists raises :class:`StoreError`. Object-store errors are not retried here.
         """
-        config = await self._control_call(self._records.config_for_write)
+        config = await self._control_call(self._records.config_for_write, self._format_version)
         if await self._control_call(self._records.manifest_exists, snapshot.id):
             raise StoreError(self.url, f"snapshot {snapshot.id} already exists")
+        if self._format_version == 1:
+            return await self._save_v1(snapshot, tar, config.chunker, source, ttl)
+        lease = Lease(self._objects, "save", ttl=self._lease_ttl)
+        # The lease exists before the index and gc's marks are read: a gc that
+        # marks a pack after this point sees the lease and waits for this save.
+        await self._control_call(lease.__enter__)
+        try:
+            target = await self._control_call(self._pack_target)
+            writer = StreamWriter(self._get_pools(), config.chunker, packs=target)
+            writer.start()
+            try:
+                await _pump(tar, writer)
+                result = await writer.finish()
+            except BaseException:
+                await writer.abort()
+                await self._control_call(self._delete_quietly, writer.created_packs)
+                raise
+            return await self._control_call(
+                self._commit_v2, snapshot, result, source, ttl, lease, writer.created_packs
+            )
+        finally:
+            await self._control_call(lease.release)
+
+    async def _save_v1(
+        self,
+        snapshot: DirectorySnapshot,
+        tar: AsyncIterator[bytes],
+        chunker: ChunkerParams,
+        source: SnapshotSource,
+        ttl: float | None,
+    ) -> SnapshotInfo:
         started = time.monotonic()
-        writer = StreamWriter(self._get_pools(), config.chunker)
+        writer = StreamWriter(self._get_pools(), chunker)
         writer.start()
         try:
             await _pump(tar, writer)
@@ -145,6 +210,24 @@ class ChunkedStore:
             raise
         elapsed = time.monotonic() - started
         return await self._control_call(self._commit, snapshot, result, source, ttl, elapsed)
+
+    def _pack_target(self) -> PackTarget:
+        index = self._get_index_cache().refresh()
+        return PackTarget(index, pending_packs(self._objects), PackBuilder(self._pack_size))
+
+    def _get_index_cache(self) -> IndexCache:
+        if self._index_cache is None:
+            self._index_cache = IndexCache(self._objects, self._get_pools().io)
+        return self._index_cache
+
+    def _delete_quietly(self, keys: builtins.list[str]) -> None:
+        """A failed save removes the packs it created: nobody else knows of them
+        (their index was never written), so nothing can reference them."""
+        for key in keys:
+            try:
+                self._objects.delete(key)
+            except StoreError:
+                log.warning("left %s for gc", key, exc_info=True)
 
     def open(
         self, snapshot_id: str, *, image: str | None = None
@@ -168,7 +251,7 @@ class ChunkedStore:
     @contextlib.asynccontextmanager
     async def _open(self, snapshot_id: str) -> AsyncIterator[TarReader]:
         manifest = await self._control_call(self._records.manifest, snapshot_id, Manifest)
-        fetcher = ChunkFetcher(self._objects, snapshot_id)
+        fetcher = self._fetcher(manifest)
         reader = ChunkedTarReader(
             manifest, fetcher, self._get_pools().io, read_ahead=self._read_ahead
         )
@@ -229,9 +312,29 @@ class ChunkedStore:
         """
         if not isinstance(source, ChunkedStore):
             return await stream_copy(source, self, snapshot_id)
-        copier = ChunkCopier(
-            source._records, self._records, snapshot_id, max_write_seconds=self._max_write_seconds
-        )
+        manifest = await source._control_call(source._records.manifest, snapshot_id, Manifest)
+        copier: ChunkCopier | PackCopier
+        if self._format_version == 1:
+            if manifest.version != 1:
+                return await stream_copy(source, self, snapshot_id)
+            copier = ChunkCopier(
+                source._records,
+                self._records,
+                snapshot_id,
+                max_write_seconds=self._max_write_seconds,
+                target_version=1,
+            )
+        else:
+            copier = PackCopier(
+                source._records,
+                source._fetcher(manifest),
+                self._records,
+                self._get_index_cache(),
+                snapshot_id,
+                pack_size=self._pack_size,
+                lease_ttl=self._lease_ttl,
+                pool=self._get_pools().io,
+            )
         stats = await asyncio.to_thread(copier.run)
         return CopyReport(
             snapshot=await self.get(snapshot_id),
@@ -319,6 +422,49 @@ class ChunkedStore:
         index = self._records.write_index(snapshot.id, result.entries)
         now = time.time()
         manifest = Manifest(
+            version=1,
+            id=snapshot.id,
+            size=result.size,
+            dir=snapshot.dir,
+            name=snapshot.name,
+            digest=result.digest,
+            created_at=now,
+            last_used_at=now,
+            ttl=ttl,
+            source=SourceRecord(source.container, source.image),
+            chunks=result.chunks,
+            index=index,
+        )
+        if not self._records.commit(manifest):
+            raise StoreError(self.url, f"snapshot {snapshot.id} already exists")
+        header = msgspec.convert(msgspec.structs.asdict(manifest), ManifestHeader)
+        return info_from_header(header, None)
+
+    def _commit_v2(
+        self,
+        snapshot: DirectorySnapshot,
+        result: StreamResult,
+        source: SnapshotSource,
+        ttl: float | None,
+        lease: Lease,
+        created: builtins.list[str],
+    ) -> SnapshotInfo:
+        """Pack indexes, then the tar index, then the manifest (put_if_absent): the commit.
+
+        Until the first pack index is written only this save knows its packs, so a
+        failure up to then deletes them; later failures leave them to gc.
+        """
+        try:
+            lease.check()
+        except StoreError:
+            self._delete_quietly(created)
+            raise
+        io = self._get_pools().io
+        list(io.map(self._put_pack_index, result.packs))
+        index = self._records.write_index(snapshot.id, result.entries)
+        lease.check()  # gc may count us as gone: it must see our manifest first
+        now = time.time()
+        manifest = Manifest(
             version=MANIFEST_VERSION,
             id=snapshot.id,
             size=result.size,
@@ -336,6 +482,14 @@ class ChunkedStore:
             raise StoreError(self.url, f"snapshot {snapshot.id} already exists")
         header = msgspec.convert(msgspec.structs.asdict(manifest), ManifestHeader)
         return info_from_header(header, None)
+
+    def _put_pack_index(self, table: PackTable) -> None:
+        self._objects.put(pack_index_key(table.pack_id), table.encode_index())
+
+    def _fetcher(self, manifest: Manifest) -> ChunkFetcher | PackFetcher:
+        if manifest.version == 1:
+            return ChunkFetcher(self._objects, manifest.id)
+        return PackFetcher(self._objects, self._get_index_cache(), manifest.id)
 
     # --- delete / touch --------------------------------------------------------------------
 
@@ -368,7 +522,23 @@ class ChunkedStore:
             ids = [snapshot_id]
         else:
             ids = self._records.snapshot_ids()
-        return Verifier(self._records, self._get_pools().io).run(ids, read_data=read_data)
+        verifier = Verifier(self._records, self._get_pools().io, self._fetcher, self._present)
+        return verifier.run(ids, read_data=read_data)
+
+    def _present(self, manifest: Manifest) -> Callable[[str], bool]:
+        """For verify without reading data: whether a chunk is where its format says."""
+        if manifest.version == 1:
+            return lambda digest: (
+                self._objects.exists(chunk_key(digest)) or self._objects.exists(trash_key(digest))
+            )
+        index = self._get_index_cache().refresh()
+        packs = {pack_id_of_key(info.key) for info in self._objects.list(PACKS)}
+
+        def present(digest: str) -> bool:
+            where = index.find(bytes.fromhex(digest))
+            return where is not None and where.pack_id in packs
+
+        return present
 
     def _gc(self, grace: float) -> GcReport:
         if self._records.read_config() is None:
@@ -378,13 +548,23 @@ class ChunkedStore:
             self._get_pools().io,
             lease_seconds=self._gc_lease_seconds,
         )
-        return collector.run(grace)
+        return collector.run(grace, then=self._gc_packs)
+
+    def _gc_packs(self, grace: float) -> tuple[int, int, int]:
+        tally = PackCollector(
+            self._records,
+            self._get_pools().io,
+            lease_ttl=self._lease_ttl,
+            repack_threshold=self._repack_threshold,
+            pack_size=self._pack_size,
+        ).run(grace)
+        return tally.deleted, tally.freed, tally.young + tally.waiting
 
     def _stats(self) -> StoreStats:
         keys = self._records.manifest_keys()
         refs = [r for r in self._get_pools().io.map(self._records.refs, keys) if r is not None]
         unique: dict[str, int] = {ref.hash: ref.length for m in refs for ref in m.chunks}
-        stored = _stored_sizes(self._objects)
+        stored = _stored_sizes(self._objects, self._get_index_cache().refresh())
         referenced_stored = sum(stored.get(digest, 0) for digest in unique)
         unique_bytes = sum(unique.values())
         logical = sum(m.size for m in refs)
@@ -405,9 +585,9 @@ class ChunkedStore:
         )
 
 
-def _stored_sizes(objects: ObjectStore) -> dict[str, int]:
-    """Stored size per chunk hash, from ``chunks/`` and (if not there) ``trash/``."""
-    sizes: dict[str, int] = {}
+def _stored_sizes(objects: ObjectStore, index: ChunkIndex) -> dict[str, int]:
+    """Stored size per chunk hash, from packs, ``chunks/`` and (if not there) ``trash/``."""
+    sizes: dict[str, int] = {digest.hex(): where.stored for digest, where in index.locations()}
     for prefix in (TRASH, CHUNKS):  # chunks/ second: it wins for a chunk in both
         for info in objects.list(prefix):
             digest = digest_of_key(info.key)

@@ -7,7 +7,7 @@ one as a :class:`~docksnap.store.base.Problem` naming the snapshot and the chunk
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -15,8 +15,8 @@ import blake3
 
 from docksnap.errors import SnapshotCorruptError, SnapshotNotFoundError, StoreError
 from docksnap.store.base import Problem, VerifyReport
-from docksnap.store.chunked.format import ChunkRef, Manifest, chunk_key, trash_key
-from docksnap.store.chunked.reader import PIECE_SIZE, READ_AHEAD, ChunkFetcher, group_chunks
+from docksnap.store.chunked.format import ChunkRef, Manifest, chunk_key
+from docksnap.store.chunked.reader import PIECE_SIZE, READ_AHEAD, Fetcher, group_chunks
 from docksnap.store.chunked.records import Records
 
 _Checked = list[tuple[ChunkRef, bytes | memoryview | None, str | None]]
@@ -41,10 +41,18 @@ class _Tally:
 class Verifier:
     """Checks manifests, their indexes and chunks. Runs on a control thread."""
 
-    def __init__(self, records: Records, io_pool: ThreadPoolExecutor) -> None:
+    def __init__(
+        self,
+        records: Records,
+        io_pool: ThreadPoolExecutor,
+        fetcher_for: Callable[[Manifest], Fetcher],
+        present_for: Callable[[Manifest], Callable[[str], bool]],
+    ) -> None:
         self._records = records
         self._objects = records.objects
         self._io = io_pool
+        self._fetcher_for = fetcher_for
+        self._present_for = present_for
 
     def run(self, snapshot_ids: Iterable[str], *, read_data: bool) -> VerifyReport:
         tally = _Tally()
@@ -86,18 +94,16 @@ class Verifier:
 
     def _check_presence(self, manifest: Manifest, tally: _Tally) -> None:
         unique = sorted({ref.hash for ref in manifest.chunks})
-        for digest, present in zip(unique, self._io.map(self._present, unique), strict=True):
+        check = self._present_for(manifest)
+        for digest, present in zip(unique, self._io.map(check, unique), strict=True):
             tally.objects += 1
             if not present:
                 detail = f"chunk {digest} is missing (neither {chunk_key(digest)} nor trash)"
                 tally.problems.append(Problem(manifest.id, digest, detail))
 
-    def _present(self, digest: str) -> bool:
-        return self._objects.exists(chunk_key(digest)) or self._objects.exists(trash_key(digest))
-
     def _read_stream(self, manifest: Manifest, tally: _Tally) -> None:
         """Fetch every chunk in order (prefetched), hashing the whole stream too."""
-        fetcher = ChunkFetcher(self._objects, manifest.id)
+        fetcher = self._fetcher_for(manifest)
         stream = blake3.blake3()
         intact = True
         window: deque[Future[_Checked]] = deque()
@@ -122,7 +128,7 @@ class Verifier:
             tally.problems.append(Problem(manifest.id, "stream", detail))
 
 
-def _check_group(fetcher: ChunkFetcher, refs: Sequence[ChunkRef]) -> _Checked:
+def _check_group(fetcher: Fetcher, refs: Sequence[ChunkRef]) -> _Checked:
     checked: _Checked = []
     for ref in refs:
         try:
