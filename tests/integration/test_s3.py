@@ -33,6 +33,7 @@ from docksnap.model import DirectorySnapshot, new_snapshot_id
 from docksnap.store.base import SnapshotSource
 from docksnap.store.chunked import ChunkedStore
 from docksnap.store.chunked.format import MANIFESTS
+from docksnap.store.chunked.leases import Lease
 from docksnap.store.chunked.packs import PACK_INDEX, PACKS, PENDING
 from docksnap.store.local import LocalObjectStore
 from docksnap.store.s3 import S3ObjectStore
@@ -294,6 +295,11 @@ async def test_gc_on_one_host_beside_a_snapshot_on_another_loses_nothing(
         await on_a.snapshots.delete(first.id)
         await asyncio.sleep(grace * 1.5)  # S0's packs are now older than the grace period
         s0_packs = {key for key in s3_server.keys(s3_prefix) if key.startswith(PACKS)}
+        # A writer's lease held across one gc: gc marks S0's packs but may not drop them
+        # yet, so B starts while they are marked and gc drops them while B writes.
+        with Lease(store_a.objects, "test"):
+            await on_a.snapshots.gc(grace=grace)
+        assert any(key.startswith(PENDING) for key in s3_server.keys(s3_prefix))
         stop = asyncio.Event()
         collections = 0
         acted = False  # gc really marked or dropped S0's packs while B was writing

@@ -670,7 +670,7 @@ def test_saving_a_large_stream_keeps_memory_bounded(tmp_path: Path) -> None:
             yield tar_trailer(total)
 
         async def main():
-            store = ChunkedStore(LocalObjectStore(Path(sys.argv[1]), fsync=False), format_version=1)
+            store = ChunkedStore(LocalObjectStore(Path(sys.argv[1]), fsync=False))
             record = DirectorySnapshot(id=new_snapshot_id(), size=0, dir="/data")
             source = SnapshotSource(container="rss", image="docksnap-test:latest")
             before = peak()

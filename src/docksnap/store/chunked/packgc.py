@@ -32,7 +32,7 @@ import msgspec
 from docksnap.errors import StoreError
 from docksnap.store.chunked.format import ChunkDecodeError, decode_chunk, hash_hex
 from docksnap.store.chunked.gc import store_now
-from docksnap.store.chunked.leases import DEFAULT_TTL, live_leases, still_live
+from docksnap.store.chunked.leases import DEFAULT_TTL, LEASES, live_leases, still_live
 from docksnap.store.chunked.packs import (
     PACK_INDEX,
     PACKS,
@@ -119,7 +119,16 @@ class PackCollector:
         self._mark(doomed, pending)
         self._finish(pending, tally)
         self._drop_orphan_indexes(packs, tables, now - grace, tally)
+        self._drop_dead_leases(tally)
         return tally
+
+    def _drop_dead_leases(self, tally: PackTally) -> None:
+        """Leases of writers that died: expired, or of a process gone from this host."""
+        live = live_leases(self._objects, store_now(self._objects), self._ttl)
+        for info in self._objects.list(LEASES):
+            if info.key not in live:
+                self._objects.delete(info.key)
+                tally.deleted += 1
 
     # --- references ------------------------------------------------------------------
 
