@@ -255,6 +255,19 @@ def _run(number: int, table: PackTable) -> Iterator[tuple[bytes, int, int, int, 
         yield digest, number, offset, stored, length
 
 
+def _tables_of(index: ChunkIndex) -> list[PackTable]:
+    """The pack tables ``index`` was built from (to merge a small index into a large one)."""
+    entries: dict[str, list[tuple[bytes, int, int, int]]] = {}
+    for digest, where in index.locations():
+        entries.setdefault(where.pack_id, []).append(
+            (digest, where.offset, where.stored, where.length)
+        )
+    return [
+        PackTable(pack_id, index.pack_size(pack_id), b"".join(_ENTRY.pack(*e) for e in rows))
+        for pack_id, rows in entries.items()
+    ]
+
+
 def load_tables(objects: ObjectStore, pool: ThreadPoolExecutor) -> list[PackTable]:
     """Every pack's table, from the ``packindex/`` objects (fetched in parallel).
 
@@ -288,28 +301,55 @@ def pending_packs(objects: ObjectStore) -> frozenset[str]:
     )
 
 
+class LayeredIndex:
+    """A large :class:`ChunkIndex` plus a small one of packs indexed since: adding a
+    few packs to a store of millions of chunks must not re-merge the large one."""
+
+    def __init__(self, base: ChunkIndex, recent: ChunkIndex) -> None:
+        self.base = base
+        self.recent = recent
+
+    def __len__(self) -> int:
+        return len(self.base) + len(self.recent)
+
+    @property
+    def pack_ids(self) -> frozenset[str]:
+        return self.base.pack_ids | self.recent.pack_ids
+
+    def nbytes(self) -> int:
+        return self.base.nbytes() + self.recent.nbytes()
+
+    def find(self, digest: bytes, excluded: frozenset[str] = frozenset()) -> Location | None:
+        return self.recent.find(digest, excluded) or self.base.find(digest, excluded)
+
+    def locations(self) -> Iterator[tuple[bytes, Location]]:
+        yield from self.base.locations()
+        yield from self.recent.locations()
+
+
 class IndexCache:
     """The store's chunk index, loaded once and brought up to date on demand.
 
-    :meth:`refresh` lists ``packindex/`` (one request) and merges in only the
-    packs it has not seen, dropping the ones whose index disappeared. Thread-safe.
+    :meth:`refresh` lists ``packindex/`` (one request) and loads only the packs it
+    has not seen. They go into a small recent layer, merged into the large one
+    when it grows past an eighth of it (or when packs disappeared). Thread-safe.
     """
 
     def __init__(self, objects: ObjectStore, pool: ThreadPoolExecutor) -> None:
         self._objects = objects
         self._pool = pool
         self._lock = threading.Lock()
-        self._index = ChunkIndex()
+        self._index = LayeredIndex(ChunkIndex(), ChunkIndex())
         self._loaded = False
 
-    def current(self) -> ChunkIndex:
+    def current(self) -> LayeredIndex:
         """The index as last loaded (loading it the first time)."""
         with self._lock:
             if self._loaded:
                 return self._index
         return self.refresh()
 
-    def refresh(self) -> ChunkIndex:
+    def refresh(self) -> LayeredIndex:
         with self._lock:
             listed = {
                 pack_id
@@ -318,10 +358,15 @@ class IndexCache:
             }
             known = self._index.pack_ids
             new = listed - known
-            gone = known - listed
-            if new or gone or not self._loaded:
+            gone = frozenset(known - listed)
+            if new or gone:
                 tables = [t for t in self._pool.map(self._load, sorted(new)) if t is not None]
-                self._index = ChunkIndex(tables, base=self._index, drop=frozenset(gone))
+                base, recent = self._index.base, self._index.recent
+                if gone or 8 * (len(recent) + sum(map(len, tables))) > len(base):
+                    merged = ChunkIndex(tables + _tables_of(recent), base=base, drop=gone)
+                    self._index = LayeredIndex(merged, ChunkIndex())
+                else:
+                    self._index = LayeredIndex(base, ChunkIndex(tables, base=recent))
             self._loaded = True
             return self._index
 

@@ -27,7 +27,7 @@ from docksnap.store.chunked.format import (
     hash_hex,
     trash_key,
 )
-from docksnap.store.chunked.packs import ChunkIndex, IndexCache, Location, pack_key
+from docksnap.store.chunked.packs import IndexCache, LayeredIndex, Location, pack_key
 from docksnap.store.objects import ObjectNotFoundError, ObjectStore
 
 PIECE_SIZE = 1024 * 1024
@@ -138,7 +138,7 @@ class PackFetcher:
             return self._fetch_many(refs, self._cache.refresh(), stored=stored, final=True)
 
     def _fetch_many(
-        self, refs: Sequence[ChunkRef], index: ChunkIndex, *, stored: bool, final: bool = False
+        self, refs: Sequence[ChunkRef], index: LayeredIndex, *, stored: bool, final: bool = False
     ) -> list[bytes | memoryview]:
         located: list[tuple[ChunkRef, Location]] = []
         for ref in refs:

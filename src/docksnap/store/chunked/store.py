@@ -56,8 +56,8 @@ from docksnap.store.chunked.packgc import REPACK_THRESHOLD, PackCollector
 from docksnap.store.chunked.packs import (
     PACK_TARGET,
     PACKS,
-    ChunkIndex,
     IndexCache,
+    LayeredIndex,
     PackBuilder,
     PackTable,
     pack_id_of_key,
@@ -585,7 +585,7 @@ class ChunkedStore:
         )
 
 
-def _stored_sizes(objects: ObjectStore, index: ChunkIndex) -> dict[str, int]:
+def _stored_sizes(objects: ObjectStore, index: LayeredIndex) -> dict[str, int]:
     """Stored size per chunk hash, from packs, ``chunks/`` and (if not there) ``trash/``."""
     sizes: dict[str, int] = {digest.hex(): where.stored for digest, where in index.locations()}
     for prefix in (TRASH, CHUNKS):  # chunks/ second: it wins for a chunk in both

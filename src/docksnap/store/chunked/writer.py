@@ -32,7 +32,7 @@ import blake3
 
 from docksnap.store.chunked.cutter import Segment, StreamCutter
 from docksnap.store.chunked.format import ChunkerParams, ChunkRef, chunk_key, encode_chunk, hash_hex
-from docksnap.store.chunked.packs import ChunkIndex, PackBuilder, PackTable, SealedPack
+from docksnap.store.chunked.packs import LayeredIndex, PackBuilder, PackTable, SealedPack
 from docksnap.store.objects import ObjectStore
 from docksnap.tarstream import TarEntry, TarIndexer
 
@@ -72,7 +72,7 @@ class PackTarget:
     """How a format-2 save stores chunks: the store's chunk index it deduplicates
     against (minus packs gc has marked), and the builder its new chunks go to."""
 
-    index: ChunkIndex
+    index: LayeredIndex
     excluded: frozenset[str]
     builder: PackBuilder
 
