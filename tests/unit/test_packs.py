@@ -482,3 +482,79 @@ async def test_a_version_1_store_is_read_byte_identically_and_upgraded_on_write(
         assert await read_back(again, v1.id) == old_data  # reading is fine
     finally:
         await again.close()
+
+
+# --- memory ---------------------------------------------------------------------------
+
+_MEMBERS_CHILD = """
+import asyncio, resource, sys, time
+from pathlib import Path
+from docksnap.model import DirectorySnapshot, new_snapshot_id
+from docksnap.store.base import SnapshotSource
+from docksnap.store.chunked import ChunkedStore
+from docksnap.store.local import LocalObjectStore
+
+def peak() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+def header_template() -> bytearray:
+    h = bytearray(512)
+    h[0:9] = b"d/0000000"
+    h[100:108] = b"0000644\\0"; h[108:116] = b"0000000\\0"; h[116:124] = b"0000000\\0"
+    h[124:136] = b"00000000000\\0"; h[136:148] = b"14000000000\\0"
+    h[156:157] = b"0"; h[257:263] = b"ustar\\0"; h[263:265] = b"00"
+    return h
+
+async def members(count: int):
+    t = header_template()
+    base = sum(t) + 8 * 32 - sum(t[2:9])
+    block = bytearray()
+    for n in range(count):
+        digits = b"%07d" % n
+        t[2:9] = digits
+        t[148:156] = b"%06o\\0 " % (base + sum(digits))
+        block += t
+        if len(block) >= 1 << 20:
+            yield bytes(block); block.clear()
+    yield bytes(block) + bytes(1024)
+
+async def main() -> None:
+    count = int(sys.argv[2])
+    store = ChunkedStore(LocalObjectStore(Path(sys.argv[1]), fsync=False))
+    record = DirectorySnapshot(id=new_snapshot_id(), size=0, dir="/data")
+    before = peak()
+    t = time.perf_counter()
+    info = await store.save(record, members(count), source=SnapshotSource("m", "i"))
+    assert info.size == count * 512 + 1024, info.size
+    ref = (await store.index(info.id))[-1] if count <= 10_000 else None
+    assert ref is None or ref.path == "d/%07d" % (count - 1)
+    print(before, peak(), round(time.perf_counter() - t, 1))
+    await store.close()
+
+asyncio.run(main())
+"""
+
+
+def _save_members(tmp_path: Path, count: int) -> tuple[int, int]:
+    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{PROJECT}"}
+    out = subprocess.run(
+        [sys.executable, "-c", _MEMBERS_CHILD, str(tmp_path / "store"), str(count)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=PROJECT,
+    ).stdout
+    before, after, _ = out.split()
+    return int(before), int(after)
+
+
+def test_the_tar_index_of_a_save_is_spooled_and_read_back(tmp_path: Path) -> None:
+    _save_members(tmp_path, 5_000)  # the child checks the size and the last entry
+
+
+@pytest.mark.slow
+def test_a_million_empty_members_save_in_under_150_mib(tmp_path: Path) -> None:
+    """Issue 10, defect 10: memory must not grow per tar member (was ~0.4 KiB each)."""
+    _, peak = _save_members(tmp_path, 1_000_000)
+    assert peak < 150 << 20, f"peak RSS {peak >> 20} MiB"

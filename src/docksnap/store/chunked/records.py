@@ -33,7 +33,6 @@ from docksnap.store.chunked.format import (
     CONFIG_KEY,
     FORMAT_NAME,
     FORMAT_VERSIONS,
-    INDEX_VERSION,
     MANIFEST_VERSIONS,
     MANIFESTS,
     TAG_RAW,
@@ -60,6 +59,7 @@ from docksnap.store.chunked.format import (
     trash_key,
     used_key,
 )
+from docksnap.store.chunked.spool import IndexSpool
 from docksnap.store.objects import ObjectNotFoundError, ObjectStore
 from docksnap.tarstream import TarEntry
 
@@ -258,13 +258,14 @@ class Records:
             raise SnapshotCorruptError(snapshot_id, "the manifest references no tar index")
         return builtins.list(self.index_bytes(snapshot_id, ref)[1].entries)
 
-    def write_index(self, snapshot_id: str, entries: Iterable[TarEntry]) -> IndexRef:
-        """Write ``indexes/<id>``; the reference the manifest will pin it by."""
-        entries = tuple(entries)
-        stored = encode_record(
-            TarIndex(version=INDEX_VERSION, snapshot_id=snapshot_id, entries=entries)
-        )
-        return self.put_index(snapshot_id, stored, len(entries))
+    def write_index(self, snapshot_id: str, spool: IndexSpool) -> IndexRef:
+        """Write ``indexes/<id>`` from a save's spooled entries (and close the spool);
+        the reference the manifest will pin it by."""
+        try:
+            stored = spool.encode_record(snapshot_id)
+        finally:
+            spool.close()
+        return self.put_index(snapshot_id, stored, spool.count)
 
     def put_index(self, snapshot_id: str, stored: bytes, entries: int) -> IndexRef:
         """Write an encoded index object (a save's, or a copy's verified bytes)."""

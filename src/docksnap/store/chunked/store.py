@@ -185,9 +185,12 @@ class ChunkedStore:
                 await writer.abort()
                 await self._control_call(self._delete_quietly, writer.created_packs)
                 raise
-            return await self._control_call(
-                self._commit_v2, snapshot, result, source, ttl, lease, writer.created_packs
-            )
+            try:
+                return await self._control_call(
+                    self._commit_v2, snapshot, result, source, ttl, lease, writer.created_packs
+                )
+            finally:
+                result.entries.close()
         finally:
             await self._control_call(lease.release)
 
@@ -209,7 +212,10 @@ class ChunkedStore:
             await writer.abort()
             raise
         elapsed = time.monotonic() - started
-        return await self._control_call(self._commit, snapshot, result, source, ttl, elapsed)
+        try:
+            return await self._control_call(self._commit, snapshot, result, source, ttl, elapsed)
+        finally:
+            result.entries.close()
 
     def _pack_target(self) -> PackTarget:
         index = self._get_index_cache().refresh()

@@ -33,11 +33,13 @@ import blake3
 from docksnap.store.chunked.cutter import Segment, StreamCutter
 from docksnap.store.chunked.format import ChunkerParams, ChunkRef, chunk_key, encode_chunk, hash_hex
 from docksnap.store.chunked.packs import LayeredIndex, PackBuilder, PackTable, SealedPack
+from docksnap.store.chunked.spool import IndexSpool
 from docksnap.store.objects import ObjectStore
-from docksnap.tarstream import TarEntry, TarIndexer
+from docksnap.tarstream import TarIndexer
 
 SEGMENT_SIZE: Final = 4 * 1024 * 1024
 BATCH_SIZE: Final = 1024 * 1024
+_SPILL_EVERY: Final = 1024  # tar entries held before they go to the spool
 _POLL: Final = 0.1  # seconds between checks for an abort while waiting for a slot
 
 
@@ -89,7 +91,7 @@ class StreamResult:
     chunks: tuple[ChunkRef, ...]
     size: int
     digest: str
-    entries: list[TarEntry]
+    entries: IndexSpool
     new_chunks: int
     stored_bytes: int
     deduped: frozenset[str] = field(default_factory=frozenset)
@@ -159,6 +161,7 @@ class StreamWriter:
         self._stop = threading.Event()
         self._digest = blake3.blake3()
         self._indexer = TarIndexer()
+        self._spool = IndexSpool()
         self._size = 0
         self._inbox_closed = False
         self._done: Future[StreamResult] = Future()
@@ -200,6 +203,7 @@ class StreamWriter:
         try:
             result = self._cut_stream()
         except BaseException as exc:
+            self._spool.close()
             self._fail(exc)
             self._drain_inbox()
             self._quiesce()
@@ -223,10 +227,11 @@ class StreamWriter:
                     self._indexer.feed(piece)
                     cutter.feed(piece)
                     self._size += len(piece)
+                self._spill_entries()
             finally:
                 self._release_credit()
         cutter.finish()
-        entries = self._indexer.finish()
+        self._spool.add(self._indexer.finish())
         refs = [ref for future in self._segments for ref in future.result()]
         if self._packs is not None and (last := self._packs.builder.seal()) is not None:
             self._submit_pack(last)
@@ -236,7 +241,7 @@ class StreamWriter:
             chunks=tuple(refs),
             size=self._size,
             digest=f"blake3:{self._digest.hexdigest()}",
-            entries=entries,
+            entries=self._spool,
             new_chunks=self._new_chunks,
             stored_bytes=self._stored_bytes,
             deduped=frozenset(self._deduped),
@@ -250,6 +255,13 @@ class StreamWriter:
         them at once."""
         with self._lock:
             return list(self._created)
+
+    def _spill_entries(self) -> None:
+        """Move finished tar entries to the spool: memory must not grow per member."""
+        entries = self._indexer.entries
+        if len(entries) >= _SPILL_EVERY:
+            self._spool.add(entries)
+            entries.clear()
 
     def _take_segment(self) -> bytearray:
         while not self._segment_slots.acquire(timeout=_POLL):
