@@ -47,8 +47,10 @@ from docksnap.store.chunked.format import (
     chunk_key,
     digest_of_key,
     id_of_key,
+    manifest_key,
     trash_key,
 )
+from docksnap.store.chunked.leases import DEFAULT_TTL, live_leases
 from docksnap.store.chunked.records import Records
 from docksnap.store.objects import ObjectInfo, ObjectNotFoundError, ObjectStore
 
@@ -96,12 +98,18 @@ class Collector:
     """One gc run over a store. Call :meth:`run` from a thread that may block."""
 
     def __init__(
-        self, records: Records, io_pool: ThreadPoolExecutor, *, lease_seconds: float
+        self,
+        records: Records,
+        io_pool: ThreadPoolExecutor,
+        *,
+        lease_seconds: float,
+        lease_ttl: float = DEFAULT_TTL,
     ) -> None:
         self._objects = records.objects
         self._read_refs = records.refs
         self._io = io_pool
         self._lease_seconds = lease_seconds
+        self._lease_ttl = lease_ttl
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
     def run(
@@ -238,8 +246,19 @@ class Collector:
                     tally.young += 1
                 else:
                     doomed.append(info)
+        if doomed and live_leases(self._objects, store_now(self._objects), self._lease_ttl):
+            # A running save writes indexes/<id> just before its manifest: whatever
+            # the grace, such an index is not an orphan while a writer may commit it.
+            tally.young += len(doomed)
+            doomed = []
+        # Listed after the manifests were read: a save may have committed since.
+        doomed = [info for info in doomed if not self._committed(info.key)]
         doomed.extend(info for info in self._objects.list(CLOCK) if info.mtime <= cutoff)
         self._delete_all(doomed, tally)
+
+    def _committed(self, key: str) -> bool:
+        snapshot_id = id_of_key(key)
+        return snapshot_id is not None and self._objects.exists(manifest_key(snapshot_id))
 
     def _sweep_temporaries(self, grace: float, tally: _Tally) -> None:
         sweep = getattr(self._objects, "sweep", None)

@@ -553,6 +553,7 @@ class ChunkedStore:
             self._records,
             self._get_pools().io,
             lease_seconds=self._gc_lease_seconds,
+            lease_ttl=self._lease_ttl,
         )
         return collector.run(grace, then=self._gc_packs)
 
