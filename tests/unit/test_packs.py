@@ -162,6 +162,26 @@ async def test_round_trip_and_resave_adds_under_one_percent(
     assert config["version"] == 2
 
 
+async def test_saving_the_same_data_twice_into_two_stores_never_shares_a_pack_name(
+    tmp_path: Path,
+) -> None:
+    """Pack names are random: a writer never finds "its" pack already stored (one gc
+    may have marked for deletion), even when two saves build identical packs."""
+    data = build_tar(text_files(5, 10_000))
+    names = []
+    for n in range(2):
+        store = new_store(tmp_path / f"s{n}")
+        try:
+            await save(store, data)
+        finally:
+            await store.close()
+        names.append({p.name for p in files(tmp_path / f"s{n}", "packs")})
+    assert names[0].isdisjoint(names[1])
+    assert [p.read_bytes() for p in files(tmp_path / "s0", "packs")] == [
+        p.read_bytes() for p in files(tmp_path / "s1", "packs")
+    ]
+
+
 async def test_incompressible_chunks_are_stored_raw(store: ChunkedStore, root: Path) -> None:
     data = build_tar(random_files(2, 2_000_000))
     await save(store, data)

@@ -1,7 +1,7 @@
 """Format version 2: many chunks per stored object (packs), and the chunk index.
 
 A **pack** is encoded chunks back to back, then a table of contents, so it is
-self-describing; its key is ``packs/<hh>/<BLAKE3 of the whole pack>``. Its table
+self-describing; its key is ``packs/<hh>/<256 random bits, hex>``. Its table
 is also stored on its own as ``packindex/<hh>/<pack id>``, which is what readers
 and writers load: the chunk → (pack, offset, length) map of the whole store,
 held in memory as sorted fixed-width arrays (:class:`ChunkIndex`, 48 bytes per
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+import secrets
 import struct
 import threading
 from array import array
@@ -142,7 +143,10 @@ class PackBuilder:
         blobs.append(table)
         blobs.append(_PACK_TAIL.pack(len(entries), PACK_MAGIC))
         data = b"".join(blobs)
-        pack_id = blake3.blake3(data).hexdigest()
+        # A random name, not the content's hash: two saves of the same data build
+        # byte-identical packs, and a writer that found "its" pack already stored
+        # could then rely on a pack gc has marked and is about to delete.
+        pack_id = secrets.token_hex(32)
         return SealedPack(data, PackTable(pack_id, len(data), table))
 
 
