@@ -263,6 +263,10 @@ class Collector:
     def _sweep_temporaries(self, grace: float, tally: _Tally) -> None:
         sweep = getattr(self._objects, "sweep", None)
         if callable(sweep):
+            if live_leases(self._objects, store_now(self._objects), self._lease_ttl):
+                # A running writer's temporary file is a write in progress, whatever
+                # the grace; no single write takes as long as a lease lives.
+                grace = max(grace, self._lease_ttl)
             removed, freed = sweep(grace)
             tally.deleted += removed
             tally.freed += freed
