@@ -203,6 +203,44 @@ async def test_a_flipped_byte_in_a_pack_is_detected_and_named(
     assert any(victim.name in problem.detail for problem in report.problems)
 
 
+async def test_verify_quarantines_a_damaged_chunk_and_the_next_save_heals_it(
+    store: ChunkedStore, root: Path
+) -> None:
+    """Issue 10, defect 7: known corruption must not spread through dedup."""
+    data = build_tar(random_files(3, 300_000))
+    old = await save(store, data)
+    victim = max(files(root, "packs"), key=lambda p: p.stat().st_size)
+    damaged = bytearray(victim.read_bytes())
+    damaged[len(damaged) // 3] ^= 0x40
+    victim.write_bytes(bytes(damaged))
+
+    report = await store.verify(read_data=True)
+    assert [p.snapshot_id for p in report.problems] == [old.id]
+    assert "quarantined" in report.problems[0].detail
+    assert [p.parent.name for p in files(root, "quarantine")] == [report.problems[0].object]
+
+    new = await save(store, data)  # the damaged chunk is stored afresh, not reused
+    assert await read_back(store, new.id) == data
+    assert await read_back(store, old.id) == data  # readers use the fresh copy too
+    assert (await store.verify(read_data=True)).ok
+    await store.gc(grace=0)
+    assert (await store.verify(read_data=True)).ok
+    assert await read_back(store, old.id) == data
+
+
+async def test_a_transient_read_fault_quarantines_nothing(store: ChunkedStore, root: Path) -> None:
+    info = await save(store, build_tar(random_files(2, 200_000)))
+    for pack in files(root, "packs"):
+        pack.rename(pack.with_name(pack.name + "x"))  # unreadable under its name
+    report = await store.verify(read_data=True)
+    assert not report.ok
+    for pack in files(root, "packs"):
+        pack.rename(pack.with_name(pack.name[:-1]))
+    assert files(root, "quarantine") == []
+    assert (await store.verify(read_data=True)).ok
+    assert await read_back(store, info.id) == build_tar(random_files(2, 200_000))
+
+
 async def test_a_missing_pack_is_reported(store: ChunkedStore, root: Path) -> None:
     info = await save(store, build_tar(random_files(2, 200_000)))
     for pack in files(root, "packs"):

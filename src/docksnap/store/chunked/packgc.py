@@ -23,6 +23,7 @@ repack needs). ``repack_threshold=None`` turns it off.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Final
@@ -37,7 +38,9 @@ from docksnap.store.chunked.packs import (
     PACK_INDEX,
     PACKS,
     PENDING,
+    QUARANTINE,
     ChunkIndex,
+    LayeredIndex,
     PackBuilder,
     PackTable,
     SealedPack,
@@ -46,6 +49,7 @@ from docksnap.store.chunked.packs import (
     pack_index_key,
     pack_key,
     pending_key,
+    quarantined,
 )
 from docksnap.store.chunked.records import Records
 from docksnap.store.objects import ObjectInfo, ObjectNotFoundError
@@ -98,6 +102,15 @@ class PackCollector:
         tables = {t.pack_id: t for t in load_tables(self._objects, self._io)}
         packs = {pid: info for info in self._objects.list(PACKS) if (pid := _id(info))}
         pending = self._pending()
+        damaged = quarantined(self._objects)
+        everywhere = LayeredIndex(ChunkIndex(tables.values()), ChunkIndex(), damaged)
+
+        def live(digest: bytes, pack_id: str) -> bool:
+            """Referenced, and not a damaged copy of a chunk stored intact elsewhere."""
+            if digest.hex() not in referenced:
+                return False
+            return (digest, pack_id) not in damaged or everywhere.find(digest) is None
+
         doomed: list[str] = []
         to_repack: list[PackTable] = []
         for pack_id, info in packs.items():
@@ -110,12 +123,12 @@ class PackCollector:
             if table is None:
                 doomed.append(pack_id)  # never indexed: its writer failed or is running
                 continue
-            garbage = sum(stored for d, _, stored, _ in table if d.hex() not in referenced)
+            garbage = sum(stored for d, _, stored, _ in table if not live(d, pack_id))
             if garbage == _payload(table):
                 doomed.append(pack_id)
             elif self._threshold is not None and garbage >= self._threshold * table.pack_size:
                 to_repack.append(table)
-        doomed.extend(self._repack(to_repack, referenced, tally))
+        doomed.extend(self._repack(to_repack, live, tally))
         self._mark(doomed, pending)
         self._finish(pending, tally)
         self._drop_orphan_indexes(packs, tables, now - grace, tally)
@@ -236,14 +249,17 @@ class PackCollector:
             ):
                 self._objects.delete(info.key)
                 tally.deleted += 1
-        for info in self._objects.list(PENDING):
-            pack_id = _id(info)
-            if pack_id is not None and not self._objects.exists(pack_key(pack_id)):
-                self._objects.delete(info.key)
+        for prefix in (PENDING, QUARANTINE):
+            for info in self._objects.list(prefix):
+                pack_id = _id(info)
+                if pack_id is not None and not self._objects.exists(pack_key(pack_id)):
+                    self._objects.delete(info.key)
 
     # --- repacking ---------------------------------------------------------------------------
 
-    def _repack(self, tables: list[PackTable], referenced: set[str], tally: PackTally) -> list[str]:
+    def _repack(
+        self, tables: list[PackTable], live: Callable[[bytes, str], bool], tally: PackTally
+    ) -> list[str]:
         """Copy the live chunks of ``tables`` into new packs; the packs now redundant.
 
         New packs are stored and indexed before any old one is marked, so a chunk is
@@ -253,7 +269,7 @@ class PackCollector:
         copied: list[str] = []
         try:
             for table in tables:
-                if self._copy_live(table, referenced, builder):
+                if self._copy_live(table, live, builder):
                     copied.append(table.pack_id)
             if (sealed := builder.seal()) is not None:
                 self._store(sealed)
@@ -263,7 +279,9 @@ class PackCollector:
         tally.repacked += len(copied)
         return copied
 
-    def _copy_live(self, table: PackTable, referenced: set[str], builder: PackBuilder) -> bool:
+    def _copy_live(
+        self, table: PackTable, live: Callable[[bytes, str], bool], builder: PackBuilder
+    ) -> bool:
         """Add ``table``'s referenced chunks to ``builder``, each verified; False (keep
         the pack as it is) if the pack cannot be read or holds a damaged live chunk."""
         try:
@@ -273,7 +291,7 @@ class PackCollector:
         view = memoryview(data)
         for digest, offset, stored, length in table:
             hexdigest = digest.hex()
-            if hexdigest not in referenced:
+            if not live(digest, table.pack_id):
                 continue
             blob = view[offset : offset + stored]
             try:

@@ -30,6 +30,7 @@ from docksnap.store.objects import ObjectNotFoundError, ObjectStore
 PACKS: Final = "packs/"
 PACK_INDEX: Final = "packindex/"
 PENDING: Final = "pending/"
+QUARANTINE: Final = "quarantine/"
 PACK_MAGIC: Final = b"DSNPACK2"
 INDEX_MAGIC: Final = b"DSNPIDX2"
 DIGEST_SIZE: Final = 32
@@ -296,6 +297,24 @@ def load_tables(objects: ObjectStore, pool: ThreadPoolExecutor) -> list[PackTabl
     return [table for table in pool.map(load, keys) if table is not None]
 
 
+def quarantine_key(digest: bytes, pack_id: str) -> str:
+    return f"{QUARANTINE}{digest.hex()}/{pack_id}"
+
+
+def quarantined(objects: ObjectStore) -> frozenset[tuple[bytes, str]]:
+    """(chunk digest, pack) pairs that verify found damaged: readers and writers use
+    another copy of the chunk, and a writer that has none stores the chunk afresh."""
+    found: set[tuple[bytes, str]] = set()
+    for info in objects.list(QUARANTINE):
+        parts = info.key.split("/")
+        if len(parts) == 3 and pack_id_of_key(info.key) and len(parts[1]) == 64:
+            try:
+                found.add((bytes.fromhex(parts[1]), parts[2]))
+            except ValueError:
+                continue
+    return frozenset(found)
+
+
 def pending_packs(objects: ObjectStore) -> frozenset[str]:
     """Packs gc has marked for deletion: writers must not deduplicate against them."""
     return frozenset(
@@ -309,9 +328,15 @@ class LayeredIndex:
     """A large :class:`ChunkIndex` plus a small one of packs indexed since: adding a
     few packs to a store of millions of chunks must not re-merge the large one."""
 
-    def __init__(self, base: ChunkIndex, recent: ChunkIndex) -> None:
+    def __init__(
+        self,
+        base: ChunkIndex,
+        recent: ChunkIndex,
+        quarantined: frozenset[tuple[bytes, str]] = frozenset(),
+    ) -> None:
         self.base = base
         self.recent = recent
+        self.quarantined = quarantined
 
     def __len__(self) -> int:
         return len(self.base) + len(self.recent)
@@ -324,7 +349,13 @@ class LayeredIndex:
         return self.base.nbytes() + self.recent.nbytes()
 
     def find(self, digest: bytes, excluded: frozenset[str] = frozenset()) -> Location | None:
-        return self.recent.find(digest, excluded) or self.base.find(digest, excluded)
+        """A location of ``digest`` outside ``excluded`` packs, and not one that verify
+        found damaged (quarantined) while the chunk is stored intact elsewhere too."""
+        while True:
+            where = self.recent.find(digest, excluded) or self.base.find(digest, excluded)
+            if where is None or (digest, where.pack_id) not in self.quarantined:
+                return where
+            excluded = excluded | {where.pack_id}
 
     def locations(self) -> Iterator[tuple[bytes, Location]]:
         yield from self.base.locations()
@@ -371,6 +402,7 @@ class IndexCache:
                     self._index = LayeredIndex(merged, ChunkIndex())
                 else:
                     self._index = LayeredIndex(base, ChunkIndex(tables, base=recent))
+            self._index.quarantined = quarantined(self._objects)
             self._loaded = True
             return self._index
 

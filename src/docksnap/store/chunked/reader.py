@@ -142,10 +142,15 @@ class PackFetcher:
     ) -> list[bytes | memoryview]:
         located: list[tuple[ChunkRef, Location]] = []
         for ref in refs:
-            where = index.find(bytes.fromhex(ref.hash))
+            digest = bytes.fromhex(ref.hash)
+            where = index.find(digest)
             if where is None:
                 if not final:
                     raise _Stale
+                damaged = index.recent.find(digest) or index.base.find(digest)
+                if damaged is not None:
+                    detail = f"is damaged in pack {damaged.pack_id} (quarantined by verify)"
+                    raise self._corrupt(ref, detail)
                 raise self._corrupt(ref, "is in no pack of the store's index")
             located.append((ref, where))
         out: list[bytes | memoryview] = []

@@ -47,12 +47,14 @@ class Verifier:
         io_pool: ThreadPoolExecutor,
         fetcher_for: Callable[[Manifest], Fetcher],
         present_for: Callable[[Manifest], Callable[[str], bool]],
+        on_damaged: Callable[[Manifest, ChunkRef], str] | None = None,
     ) -> None:
         self._records = records
         self._objects = records.objects
         self._io = io_pool
         self._fetcher_for = fetcher_for
         self._present_for = present_for
+        self._on_damaged = on_damaged
 
     def run(self, snapshot_ids: Iterable[str], *, read_data: bool) -> VerifyReport:
         tally = _Tally()
@@ -117,7 +119,10 @@ class Verifier:
                 tally.objects += 1
                 if data is None:
                     intact = False
-                    tally.problems.append(Problem(manifest.id, ref.hash, problem or "unreadable"))
+                    detail = problem or "unreadable"
+                    if self._on_damaged is not None:
+                        detail += self._on_damaged(manifest, ref)
+                    tally.problems.append(Problem(manifest.id, ref.hash, detail))
                     continue
                 tally.nbytes += len(data)
                 if intact:
