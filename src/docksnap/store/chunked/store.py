@@ -103,10 +103,17 @@ class ChunkedStore:
 
     ``workers`` threads hash, check and compress chunks (CPU-bound: one per core);
     ``io_workers`` threads talk to the object store (local fsyncs and S3 requests
-    both gain from many in flight). ``max_write_seconds`` bounds how long a save may
-    rely on chunks it found already stored without checking them again; gc's grace
-    period must be longer (see docs/FORMAT.md). ``chunker`` applies only when this
-    store creates a new store; an existing store's ``config`` always wins.
+    both gain from many in flight). ``chunker`` applies only when this store
+    creates a new store; an existing store's ``config`` always wins.
+
+    ``format_version`` is the format saves write (docs/FORMAT.md): 2 (default)
+    stores chunks in packs of about ``pack_size`` bytes, holds a write lease that
+    lives ``lease_ttl`` seconds unless refreshed, and lets gc repack packs at least
+    ``repack_threshold`` garbage (None: never); it upgrades a version-1 store on its
+    first save. 1 is the previous writer, kept for stores an older docksnap must
+    still read; ``max_write_seconds`` bounds how long such a save may rely on
+    chunks it found already stored (gc's grace must be longer for version-1
+    writers). Every version is read whatever ``format_version`` says.
 
     Every method is safe to call concurrently, from several tasks and processes.
     """
