@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
 
 from docksnap.errors import SnapshotNotFoundError, SnapshotTooLargeError
 from docksnap.model import DirectorySnapshot, new_snapshot_id
 from docksnap.store.base import SnapshotInfo, SnapshotSource, SnapshotStore
+from docksnap.store.chunked import ChunkedStore
+from docksnap.store.objects.local import LocalObjectStore
 from tests.conformance.streams import (
     build_tar,
     failing_after,
@@ -186,3 +189,24 @@ async def test_gc_keeps_committed_snapshots(snapshot_store: SnapshotStore) -> No
     info = await save(snapshot_store, data)
     await snapshot_store.gc(grace=0)
     assert await read_back(snapshot_store, info.id) == tar_members(data)
+
+
+async def test_copy_from_another_store_round_trips(
+    snapshot_store: SnapshotStore, tmp_path: Path
+) -> None:
+    """Every store accepts a copy from a store of another kind (the streamed path),
+    and copying again changes nothing."""
+    other = ChunkedStore(LocalObjectStore(tmp_path / "other", fsync=False))
+    try:
+        data = build_tar(text_files(4, 20_000) | random_files(1, 300_000))
+        info = await save(other, data, name="copied")
+        report = await snapshot_store.copy_from(other, info.id)
+        assert report.snapshot.id == info.id
+        assert report.snapshot.name == "copied"
+        assert await read_back(snapshot_store, info.id) == tar_members(data)
+        again = await snapshot_store.copy_from(other, info.id)
+        assert again.snapshot.id == info.id
+        assert again.bytes_copied == 0
+        assert again.chunks_copied == 0
+    finally:
+        await other.close()

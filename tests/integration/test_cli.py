@@ -380,7 +380,7 @@ def test_corrupt_chunk_fails_verify_and_export(chunked: Cli, tmp_path: Path) -> 
     assert chunked.json("verify")["ok"] is True
     store_dir = tmp_path / "store"
     chunk = max(
-        (p for p in store_dir.glob("chunks/*/*") if p.is_file()), key=lambda p: p.stat().st_size
+        (p for p in store_dir.glob("packs/*/*") if p.is_file()), key=lambda p: p.stat().st_size
     )
     damaged = bytearray(chunk.read_bytes())
     damaged[len(damaged) // 2] ^= 0xFF

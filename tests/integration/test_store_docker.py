@@ -90,8 +90,8 @@ async def test_corrupt_chunk_fails_restore_before_start(
 ) -> None:
     """One flipped byte: restore raises SnapshotCorruptError, leaves nothing; verify names it."""
     snap = await box.snapshot_directory("/data")
-    chunk = max(
-        (p for p in (store_dir / "chunks").rglob("*") if p.is_file()),
+    chunk = max(  # the largest pack: its middle is some chunk's data
+        (p for p in (store_dir / "packs").rglob("*") if p.is_file()),
         key=lambda p: p.stat().st_size,
     )
     data = bytearray(chunk.read_bytes())
@@ -109,7 +109,7 @@ async def test_corrupt_chunk_fails_restore_before_start(
 
     report = await client.snapshots.verify(snap.id)
     assert not report.ok
-    assert any(chunk.name in problem.object for problem in report.problems)
+    assert any(chunk.name in problem.detail for problem in report.problems)
 
 
 async def test_restore_refreshes_last_use_and_ttl_expires(

@@ -61,7 +61,7 @@ def root(tmp_path: Path) -> Path:
 
 @pytest.fixture
 async def store(root: Path) -> AsyncIterator[ChunkedStore]:
-    store = ChunkedStore(LocalObjectStore(root))
+    store = ChunkedStore(LocalObjectStore(root), format_version=1)
     yield store
     await store.close()
 
@@ -335,7 +335,7 @@ async def test_saving_an_existing_id_is_refused(store: ChunkedStore) -> None:
 async def test_an_unknown_format_version_is_refused(root: Path) -> None:
     objects = LocalObjectStore(root)
     objects.put("config", b'{"format": "docksnap-chunked", "version": 99}')
-    store = ChunkedStore(objects)
+    store = ChunkedStore(objects, format_version=1)
     try:
         with pytest.raises(StoreFormatError) as caught:
             await store.list()
@@ -356,13 +356,14 @@ async def test_an_empty_store_reads_as_empty(store: ChunkedStore, root: Path) ->
 
 
 async def test_the_store_adopts_an_existing_config(root: Path) -> None:
-    first = ChunkedStore(LocalObjectStore(root), chunker=SMALL)
+    first = ChunkedStore(LocalObjectStore(root), chunker=SMALL, format_version=1)
     data = build_tar(random_files(2, 50_000))
     try:
         info = await save(first, data)
     finally:
         await first.close()
-    second = ChunkedStore(LocalObjectStore(root))  # default chunker, but config wins
+    # default chunker, but config wins
+    second = ChunkedStore(LocalObjectStore(root), format_version=1)
     try:
         again = await save(second, data)
     finally:
@@ -434,20 +435,20 @@ async def test_gc_racing_a_deduplicating_save_loses_nothing(root: Path) -> None:
             found = super().exists(key)
             if found and key.startswith("chunks/") and not gc_ran.is_set():
                 gc_ran.set()
-                other = ChunkedStore(LocalObjectStore(root))
+                other = ChunkedStore(LocalObjectStore(root), format_version=1)
                 try:
                     asyncio.run(_gc_then_close(other, grace=60))
                 except BaseException as exc:  # pragma: no cover - shows in the assert
                     pytest.fail(f"gc failed: {exc!r}")
             return found
 
-    setup = ChunkedStore(LocalObjectStore(root))
+    setup = ChunkedStore(LocalObjectStore(root), format_version=1)
     a = await save(setup, data)
     await setup.delete(a.id)
     await setup.close()
     age_everything(root, 3600)
 
-    store = ChunkedStore(RacingObjects(root), workers=1)
+    store = ChunkedStore(RacingObjects(root), workers=1, format_version=1)
     try:
         b = await save(store, data)
         assert gc_ran.is_set()
@@ -471,7 +472,7 @@ async def _gc_then_close(store: ChunkedStore, *, grace: float) -> None:
 
 async def test_concurrent_saves_and_gcs_lose_nothing(root: Path) -> None:
     """Interleaved saves, deletes and gcs with a grace period; every survivor reads back."""
-    store = ChunkedStore(LocalObjectStore(root))
+    store = ChunkedStore(LocalObjectStore(root), format_version=1)
     datasets = [build_tar(text_files(15, 30_000, seed=s % 3)) for s in range(6)]
     try:
 
@@ -598,7 +599,7 @@ _CHILD = textwrap.dedent(
             yield counter.to_bytes(8, "little") + block[8:]
 
     async def main():
-        store = ChunkedStore(LocalObjectStore(Path(sys.argv[1])))
+        store = ChunkedStore(LocalObjectStore(Path(sys.argv[1])), format_version=1)
         record = DirectorySnapshot(id=new_snapshot_id(), size=0, dir="/data")
         source = SnapshotSource(container="victim", image="docksnap-test:latest")
         await store.save(record, endless(), source=source)
@@ -633,7 +634,7 @@ def killed_writer(root: Path) -> Path:
 async def test_a_killed_writer_leaves_only_orphans_that_gc_removes(killed_writer: Path) -> None:
     root = killed_writer
     assert files_under(root, "chunks")
-    store = ChunkedStore(LocalObjectStore(root))
+    store = ChunkedStore(LocalObjectStore(root), format_version=1)
     try:
         assert await store.list() == []
         assert (await store.verify()).ok

@@ -56,13 +56,16 @@ async def read_back(store: Any, snapshot_id: str) -> bytes:
 
 
 def corrupt_one_chunk(root: Path) -> Path:
-    victim = sorted((root / "chunks").rglob("*"))[-1]
-    while victim.is_dir():
-        victim = sorted(victim.iterdir())[-1]
+    """Flip a byte in the middle of the largest pack: inside some chunk's data."""
+    victim = max((p for p in (root / "packs").rglob("*") if p.is_file()), key=_size)
     damaged = bytearray(victim.read_bytes())
-    damaged[-1] ^= 0x01
+    damaged[len(damaged) // 3] ^= 0x01
     victim.write_bytes(bytes(damaged))
     return victim
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size
 
 
 async def test_chunked_copy_moves_only_what_the_target_lacks(

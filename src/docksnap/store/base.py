@@ -75,6 +75,23 @@ class StoreStats:
     extra: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class CopyReport:
+    """Result of :meth:`SnapshotStore.copy_from`: the copy's record on the target,
+    and what travelled.
+
+    ``chunks_copied``/``bytes_copied`` count stored objects written to the target
+    (for a streamed copy: none counted, ``bytes_copied`` is the stream's size);
+    ``chunks_present`` counts chunks the target already had.
+    """
+
+    snapshot: SnapshotInfo
+    chunks_copied: int = 0
+    bytes_copied: int = 0
+    chunks_present: int = 0
+    streamed: bool = False
+
+
 class TarReader(Protocol):
     """A snapshot's tar stream being read back.
 
@@ -176,6 +193,18 @@ class SnapshotStore(Protocol):
 
     async def stats(self) -> StoreStats:
         """Totals over the whole store."""
+        ...
+
+    async def copy_from(self, source: SnapshotStore, snapshot_id: str) -> CopyReport:
+        """Copy ``snapshot_id`` from ``source`` (another store) into this one, verified.
+
+        The store picks the fastest way it knows for that source (a chunked store
+        copies only the chunks it lacks from another chunked store) and otherwise
+        saves the source's verified tar stream
+        (:func:`docksnap.store.copy.stream_copy`). Idempotent; atomic on this store
+        (the snapshot appears complete, under the same id, or not at all). Errors
+        as :func:`docksnap.store.copy.copy_snapshot`.
+        """
         ...
 
     async def close(self) -> None:

@@ -1,36 +1,20 @@
 """Copying a snapshot from one store to another, verified on the way.
 
-Between two chunked stores (e.g. a laptop's local store and a team's bucket)
+The target decides how (:meth:`~docksnap.store.base.SnapshotStore.copy_from`):
+between two chunked stores (e.g. a laptop's local store and a team's bucket)
 only the chunks the target lacks are transferred, each checked against its
 hash, and the manifest is written last (:mod:`docksnap.store.chunked.transfer`).
-Between any other pair the snapshot's tar stream is read back, verified, and
-saved anew. Either way the snapshot appears on the target complete or not at
-all, under the same id.
+Every other pair uses :func:`stream_copy`: the snapshot's tar stream is read
+back, verified, and saved anew. Either way the snapshot appears on the target
+complete or not at all, under the same id.
 """
 
 from __future__ import annotations
 
-import asyncio
-from dataclasses import dataclass
-
 from docksnap.errors import InvalidArgumentError, SnapshotNotFoundError, StoreError
-from docksnap.store.base import SnapshotInfo, SnapshotSource, SnapshotStore
+from docksnap.store.base import CopyReport, SnapshotInfo, SnapshotSource, SnapshotStore
 
-
-@dataclass(frozen=True, slots=True)
-class CopyReport:
-    """The copied snapshot's record on the target, and what travelled.
-
-    ``chunks_copied``/``bytes_copied`` count stored objects written to the target
-    (for a streamed copy: none counted, ``bytes_copied`` is the stream's size);
-    ``chunks_present`` counts chunks the target already had.
-    """
-
-    snapshot: SnapshotInfo
-    chunks_copied: int = 0
-    bytes_copied: int = 0
-    chunks_present: int = 0
-    streamed: bool = False
+__all__ = ["CopyReport", "copy_snapshot", "stream_copy"]
 
 
 async def copy_snapshot(
@@ -47,26 +31,16 @@ async def copy_snapshot(
     """
     if source.url == target.url:
         raise InvalidArgumentError(f"source and target are the same store: {source.url}")
-    # Imported here, as in open_store: importing docksnap.store loads no backend.
-    from docksnap.store.chunked import ChunkedStore
-    from docksnap.store.chunked.transfer import ChunkCopier
-
-    if isinstance(source, ChunkedStore) and isinstance(target, ChunkedStore):
-        stats = await asyncio.to_thread(ChunkCopier(source, target, snapshot_id).run)
-        return CopyReport(
-            snapshot=await target.get(snapshot_id),
-            chunks_copied=stats.chunks_copied,
-            bytes_copied=stats.bytes_copied,
-            chunks_present=stats.chunks_present,
-        )
-    return await _stream_copy(source, target, snapshot_id)
+    return await target.copy_from(source, snapshot_id)
 
 
-async def _stream_copy(
-    source: SnapshotStore, target: SnapshotStore, snapshot_id: str
-) -> CopyReport:
-    """Read the verified stream back and save it: a store reading damaged data raises
-    mid-stream, and a save whose stream raises commits nothing."""
+async def stream_copy(source: SnapshotStore, target: SnapshotStore, snapshot_id: str) -> CopyReport:
+    """The copy any pair of stores can do: read the verified stream back and save it.
+
+    A store reading damaged data raises mid-stream, and a save whose stream raises
+    commits nothing. Idempotent (a target already holding the snapshot is left as
+    it is); StoreError if it holds a different one under that id.
+    """
     info = await source.get(snapshot_id)
     existing = await _existing(target, info)
     if existing is not None:

@@ -17,8 +17,12 @@ import zstandard
 from docksnap.tarstream import TarEntry
 
 FORMAT_NAME: Final = "docksnap-chunked"
-FORMAT_VERSION: Final = 1
-MANIFEST_VERSION: Final = 1
+# Version 2 adds packs (docs/FORMAT.md §11); a version-2 store may still hold
+# version-1 manifests and their chunks/ objects, which are read as before.
+FORMAT_VERSION: Final = 2
+FORMAT_VERSIONS: Final = (1, 2)
+MANIFEST_VERSION: Final = 2
+MANIFEST_VERSIONS: Final = (1, 2)
 INDEX_VERSION: Final = 1
 
 CONFIG_KEY: Final = "config"
@@ -230,15 +234,29 @@ def _decompressor() -> zstandard.ZstdDecompressor:
     return dctx
 
 
+_SAMPLE = 8 * 1024
+_SAMPLE_GAIN = 0.97
+
+
 def encode_chunk(data: memoryview | bytes) -> bytes:
-    """Tag + zstd frame, or tag + the raw bytes when compression does not shrink them."""
+    """Tag + zstd frame, or tag + the raw bytes when compression does not shrink them.
+
+    Chunks larger than 4 samples are judged by compressing an 8 KiB sample first:
+    incompressible data (media, archives, random) is then stored raw without
+    paying for zstd on all of it.
+    """
+    if len(data) > 4 * _SAMPLE:
+        middle = len(data) // 2
+        sample = data[middle : middle + _SAMPLE]
+        if len(_compressor().compress(sample)) > len(sample) * _SAMPLE_GAIN:
+            return b"\x00" + bytes(data)
     packed: bytes = _compressor().compress(data)
     if len(packed) < len(data):
         return b"\x01" + packed
     return b"\x00" + bytes(data)
 
 
-def decode_chunk(stored: bytes, length: int) -> memoryview | bytes:
+def decode_chunk(stored: bytes | memoryview, length: int) -> memoryview | bytes:
     """The chunk's uncompressed bytes; the caller still checks its hash.
 
     ``length`` (from the manifest) bounds decompression, so a corrupt or hostile

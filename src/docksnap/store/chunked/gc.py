@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -43,18 +44,17 @@ from docksnap.store.chunked.format import (
     TRASH,
     USED,
     GcLease,
-    ManifestRefs,
     chunk_key,
     digest_of_key,
     id_of_key,
+    manifest_key,
     trash_key,
 )
+from docksnap.store.chunked.leases import DEFAULT_TTL, live_leases
+from docksnap.store.chunked.records import Records
 from docksnap.store.objects import ObjectInfo, ObjectNotFoundError, ObjectStore
 
 log = logging.getLogger(__name__)
-
-ReadRefs = Callable[[str], ManifestRefs | None]
-"""Read one manifest's references by key; None if it vanished. Raises if unreadable."""
 
 
 def store_now(objects: ObjectStore) -> float:
@@ -99,19 +99,22 @@ class Collector:
 
     def __init__(
         self,
-        objects: ObjectStore,
-        read_refs: ReadRefs,
+        records: Records,
         io_pool: ThreadPoolExecutor,
         *,
         lease_seconds: float,
+        lease_ttl: float = DEFAULT_TTL,
     ) -> None:
-        self._objects = objects
-        self._read_refs = read_refs
+        self._objects = records.objects
+        self._read_refs = records.refs
         self._io = io_pool
         self._lease_seconds = lease_seconds
+        self._lease_ttl = lease_ttl
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
-    def run(self, grace: float) -> GcReport:
+    def run(
+        self, grace: float, then: Callable[[float], tuple[int, int, int]] | None = None
+    ) -> GcReport:
         """Trash old unreferenced chunks, purge old trash, drop orphans. Not atomic.
 
         Safe to interrupt at any point (every step is idempotent and leaves each
@@ -120,10 +123,33 @@ class Collector:
         deleting anything if a manifest cannot be read: its references are unknown.
         """
         self._acquire_lease()
+        stop = threading.Event()
+        refresher = threading.Thread(
+            target=self._keep_lease, args=(stop,), name="docksnap-gc-lease", daemon=True
+        )
+        refresher.start()
         try:
-            return self._collect(grace)
+            report = self._collect(grace)
+            if then is None:
+                return report
+            deleted, freed, young = then(grace)
+            return GcReport(
+                objects_deleted=report.objects_deleted + deleted,
+                bytes_deleted=report.bytes_deleted + freed,
+                objects_kept_young=report.objects_kept_young + young,
+            )
         finally:
+            stop.set()
+            refresher.join()
             self._release_lease()
+
+    def _keep_lease(self, stop: threading.Event) -> None:
+        """Refresh the lease often, so that a dead gc's lease goes stale quickly."""
+        while not stop.wait(self._lease_seconds / 4):
+            try:
+                self._refresh_lease()
+            except StoreError:
+                log.warning("could not refresh the gc lease", exc_info=True)
 
     def _collect(self, grace: float) -> GcReport:
         tally = _Tally()
@@ -220,12 +246,27 @@ class Collector:
                     tally.young += 1
                 else:
                     doomed.append(info)
+        if doomed and live_leases(self._objects, store_now(self._objects), self._lease_ttl):
+            # A running save writes indexes/<id> just before its manifest: whatever
+            # the grace, such an index is not an orphan while a writer may commit it.
+            tally.young += len(doomed)
+            doomed = []
+        # Listed after the manifests were read: a save may have committed since.
+        doomed = [info for info in doomed if not self._committed(info.key)]
         doomed.extend(info for info in self._objects.list(CLOCK) if info.mtime <= cutoff)
         self._delete_all(doomed, tally)
+
+    def _committed(self, key: str) -> bool:
+        snapshot_id = id_of_key(key)
+        return snapshot_id is not None and self._objects.exists(manifest_key(snapshot_id))
 
     def _sweep_temporaries(self, grace: float, tally: _Tally) -> None:
         sweep = getattr(self._objects, "sweep", None)
         if callable(sweep):
+            if live_leases(self._objects, store_now(self._objects), self._lease_ttl):
+                # A running writer's temporary file is a write in progress, whatever
+                # the grace; no single write takes as long as a lease lives.
+                grace = max(grace, self._lease_ttl)
             removed, freed = sweep(grace)
             tally.deleted += removed
             tally.freed += freed
@@ -243,7 +284,7 @@ class Collector:
         if self._objects.put_if_absent(GC_LOCK_KEY, lease):
             return
         holder, age = self._lease_holder()
-        if age is not None and age > self._lease_seconds:
+        if (age is not None and age > self._lease_seconds) or _dead_here(holder):
             # The holder died without releasing it. Two gcs breaking the same stale
             # lease at once could both proceed; the lease time makes that a
             # once-in-hours event, and two gcs only race on trash purges.
@@ -279,3 +320,19 @@ class Collector:
             self._objects.delete(GC_LOCK_KEY)
         except StoreError:
             log.warning("could not release the gc lease %s", GC_LOCK_KEY, exc_info=True)
+
+
+def _dead_here(owner: str) -> bool:
+    """Whether a lease ``owner`` (``host:pid:tag``) is a process of this host that
+    no longer exists: its lease can be broken at once instead of after it expires."""
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False

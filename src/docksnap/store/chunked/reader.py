@@ -15,6 +15,7 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Protocol
 
 from docksnap.errors import SnapshotCorruptError
 from docksnap.store.chunked.format import (
@@ -26,6 +27,7 @@ from docksnap.store.chunked.format import (
     hash_hex,
     trash_key,
 )
+from docksnap.store.chunked.packs import IndexCache, LayeredIndex, Location, pack_key
 from docksnap.store.objects import ObjectNotFoundError, ObjectStore
 
 PIECE_SIZE = 1024 * 1024
@@ -105,6 +107,113 @@ class ChunkFetcher:
             log.warning("could not move chunk %s back from the trash", key, exc_info=True)
 
 
+class PackFetcher:
+    """Gets one format-2 snapshot's chunks from packs, verified. Thread-safe.
+
+    Consecutive chunks stored back to back in one pack are read with one ranged
+    GET. A chunk the index does not know, or a pack that vanished (gc repacked it
+    after our index was loaded), makes the index reload once before the chunk is
+    declared missing.
+    """
+
+    def __init__(self, objects: ObjectStore, cache: IndexCache, snapshot_id: str) -> None:
+        self._objects = objects
+        self._cache = cache
+        self._snapshot_id = snapshot_id
+
+    def fetch(self, ref: ChunkRef) -> bytes | memoryview:
+        return self.fetch_many([ref])[0]
+
+    def fetch_group(self, refs: Sequence[ChunkRef]) -> bytes:
+        return b"".join(self.fetch_many(refs))
+
+    def fetch_many(
+        self, refs: Sequence[ChunkRef], *, stored: bool = False
+    ) -> list[bytes | memoryview]:
+        """The chunks' bytes, each verified; with ``stored``, their encoded form
+        (verified all the same: for copies that keep the encoding)."""
+        try:
+            return self._fetch_many(refs, self._cache.current(), stored=stored)
+        except _Stale:
+            return self._fetch_many(refs, self._cache.refresh(), stored=stored, final=True)
+
+    def _fetch_many(
+        self, refs: Sequence[ChunkRef], index: LayeredIndex, *, stored: bool, final: bool = False
+    ) -> list[bytes | memoryview]:
+        located: list[tuple[ChunkRef, Location]] = []
+        for ref in refs:
+            digest = bytes.fromhex(ref.hash)
+            where = index.find(digest)
+            if where is None:
+                if not final:
+                    raise _Stale
+                damaged = index.recent.find(digest) or index.base.find(digest)
+                if damaged is not None:
+                    detail = f"is damaged in pack {damaged.pack_id} (quarantined by verify)"
+                    raise self._corrupt(ref, detail)
+                raise self._corrupt(ref, "is in no pack of the store's index")
+            located.append((ref, where))
+        out: list[bytes | memoryview] = []
+        for run in _runs(located):
+            pack_id = run[0][1].pack_id
+            start = run[0][1].offset
+            end = run[-1][1].offset + run[-1][1].stored
+            try:
+                span = self._objects.get_range(pack_key(pack_id), start, end - start)
+            except ObjectNotFoundError:
+                if not final:
+                    raise _Stale from None
+                raise self._corrupt(run[0][0], f"is in pack {pack_id}, which is missing") from None
+            view = memoryview(span)
+            for ref, where in run:
+                blob = view[where.offset - start : where.offset - start + where.stored]
+                data = self._verified(ref, blob, pack_id)
+                out.append(blob if stored else data)
+        return out
+
+    def _verified(self, ref: ChunkRef, stored: memoryview, pack_id: str) -> bytes | memoryview:
+        try:
+            data = decode_chunk(stored, ref.length)
+        except ChunkDecodeError as exc:
+            raise self._corrupt(ref, f"is damaged (pack {pack_id}): {exc}") from None
+        actual = hash_hex(data)
+        if actual != ref.hash:
+            raise self._corrupt(ref, f"fails verification (pack {pack_id}): hashes to {actual}")
+        return data
+
+    def _corrupt(self, ref: ChunkRef, detail: str) -> SnapshotCorruptError:
+        return SnapshotCorruptError(self._snapshot_id, f"chunk {ref.hash} {detail}")
+
+
+class _Stale(Exception):
+    """The loaded index may be out of date: reload it and try once more."""
+
+
+def _runs(
+    located: Sequence[tuple[ChunkRef, Location]],
+) -> Iterator[list[tuple[ChunkRef, Location]]]:
+    """Maximal runs of chunks stored back to back in one pack (one ranged GET each)."""
+    run: list[tuple[ChunkRef, Location]] = []
+    for item in located:
+        if run:
+            last = run[-1][1]
+            where = item[1]
+            if where.pack_id != last.pack_id or where.offset != last.offset + last.stored:
+                yield run
+                run = []
+        run.append(item)
+    if run:
+        yield run
+
+
+class Fetcher(Protocol):
+    """What reading a stream needs: one chunk, or a group of consecutive ones."""
+
+    def fetch(self, ref: ChunkRef) -> bytes | memoryview: ...
+
+    def fetch_group(self, refs: Sequence[ChunkRef]) -> bytes: ...
+
+
 def group_chunks(chunks: Sequence[ChunkRef], piece_size: int) -> Iterator[Sequence[ChunkRef]]:
     """Consecutive runs of chunks of at least ``piece_size`` bytes (the last may be less)."""
     start = total = 0
@@ -127,7 +236,7 @@ class ChunkedTarReader:
     def __init__(
         self,
         manifest: Manifest,
-        fetcher: ChunkFetcher,
+        fetcher: Fetcher,
         pool: ThreadPoolExecutor,
         *,
         piece_size: int = PIECE_SIZE,

@@ -1,4 +1,6 @@
-"""Copying one snapshot between two chunked stores, object by object.
+"""Copying one version-1 snapshot between two chunked stores, object by object.
+
+(A version-2 snapshot is copied as a stream: the target re-packs its chunks.)
 
 Only the chunks the target lacks travel, each verified against its BLAKE3 name
 on the way (a damaged source chunk raises :class:`SnapshotCorruptError` and the
@@ -7,30 +9,33 @@ then the manifest with ``put_if_absent`` as the one commit point, so a copy cut
 short at any step leaves only orphans for the target's gc. The manifest is
 copied byte for byte: the snapshot keeps its id, creation time and digest.
 
-Lives in this package because it writes the chunked format directly and relies
-on the same internal steps as :meth:`ChunkedStore.save` (config creation, the
-re-check of deduplicated chunks after a long write).
+Lives in this package because it writes the chunked format directly; the record
+steps it shares with a save (config creation, manifest decoding, the index
+check, the re-check of deduplicated chunks after a long write) are
+:class:`~docksnap.store.chunked.records.Records`'.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
-from docksnap.errors import SnapshotCorruptError, SnapshotNotFoundError, StoreError
-from docksnap.store.chunked.format import (
-    ChunkRef,
-    Manifest,
-    chunk_key,
-    hash_hex,
-    is_snapshot_id,
-    manifest_key,
-    used_key,
+from docksnap.errors import StoreError
+from docksnap.store.chunked.format import ChunkRef, Manifest, chunk_key
+from docksnap.store.chunked.leases import Lease
+from docksnap.store.chunked.packs import (
+    IndexCache,
+    PackBuilder,
+    PackTable,
+    SealedPack,
+    pack_index_key,
+    pending_packs,
 )
-from docksnap.store.chunked.reader import ChunkFetcher
-from docksnap.store.chunked.store import ChunkedStore
-from docksnap.store.objects import ObjectNotFoundError
+from docksnap.store.chunked.reader import PIECE_SIZE, ChunkFetcher, PackFetcher, group_chunks
+from docksnap.store.chunked.records import Records
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,14 +52,25 @@ class ChunkCopier:
     """Copies ``snapshot_id`` from ``source`` to ``target``. Blocking: run on a thread.
 
     ``workers`` chunk transfers run at once; each holds one chunk in memory.
+    ``max_write_seconds`` is the target's bound on relying on chunks it already
+    had (docs/FORMAT.md, "Enforcing (A)").
     """
 
     def __init__(
-        self, source: ChunkedStore, target: ChunkedStore, snapshot_id: str, *, workers: int = 16
+        self,
+        source: Records,
+        target: Records,
+        snapshot_id: str,
+        *,
+        max_write_seconds: float,
+        target_version: int,
+        workers: int = 16,
     ) -> None:
         self._source = source
         self._target = target
         self._id = snapshot_id
+        self._max_write_seconds = max_write_seconds
+        self._target_version = target_version
         self._workers = max(1, workers)
         self._fetcher = ChunkFetcher(source.objects, snapshot_id)
 
@@ -66,46 +82,27 @@ class ChunkCopier:
         different snapshot under this id), StoreFormatError (either store's format
         is unknown).
         """
-        raw, manifest = self._source_manifest()
+        raw, manifest = self._source.manifest_with_bytes(self._id, Manifest)
         if self._target_holds(raw):
             return ChunkCopyStats(0, 0, len({ref.hash for ref in manifest.chunks}))
-        self._target._config_for_write()
+        if manifest.version != 1:
+            raise StoreError(self._source.url, "chunk copies move version-1 snapshots only")
+        self._target.config_for_write(self._target_version)
         started = time.monotonic()
         stats, present = self._copy_chunks(manifest.chunks)
         self._copy_index(manifest)
-        if time.monotonic() - started > self._target._max_write_seconds:
+        if time.monotonic() - started > self._max_write_seconds:
             # The target's gc may have trashed a chunk we found there meanwhile.
-            self._target._recheck_deduplicated(self._id, frozenset(present))
+            self._target.recheck_deduplicated(self._id, present, self._max_write_seconds)
         self._copy_use_record()
-        if not self._target.objects.put_if_absent(manifest_key(self._id), raw):
+        if not self._target.commit_stored(self._id, raw):
             self._target_holds(raw)  # a concurrent copy of the same snapshot won
         return stats
 
     # --- manifest ------------------------------------------------------------------------
 
-    def _source_manifest(self) -> tuple[bytes, Manifest]:
-        self._source._read_config()  # an unknown format raises StoreFormatError
-        key = manifest_key(self._id)
-        if not is_snapshot_id(self._id):
-            raise SnapshotNotFoundError(self._id, self._source.url)
-        try:
-            raw = self._source.objects.get(key)
-        except ObjectNotFoundError:
-            raise SnapshotNotFoundError(self._id, self._source.url) from None
-        return raw, self._source._decode_manifest(self._id, key, raw, Manifest)
-
     def _target_holds(self, raw: bytes) -> bool:
-        """True if the target has this manifest; StoreError if it has another one."""
-        try:
-            existing = self._target.objects.get(manifest_key(self._id))
-        except ObjectNotFoundError:
-            return False
-        if existing != raw:
-            raise StoreError(
-                self._target.url,
-                f"snapshot {self._id} already exists here with different content; not copied",
-            )
-        return True
+        return _holds(self._target, self._id, raw)
 
     # --- chunks ----------------------------------------------------------------------------
 
@@ -139,20 +136,116 @@ class ChunkCopier:
         ref = manifest.index
         if ref is None:
             return
-        try:
-            stored = self._source.objects.get(ref.key)
-        except ObjectNotFoundError:
-            raise SnapshotCorruptError(self._id, f"index {ref.key} is missing") from None
-        actual = f"blake3:{hash_hex(stored)}"
-        if actual != ref.digest:
-            detail = f"index {ref.key} hashes to {actual}, manifest says {ref.digest}"
-            raise SnapshotCorruptError(self._id, detail)
-        self._target.objects.put(ref.key, stored)
+        stored, _ = self._source.index_bytes(self._id, ref)
+        self._target.put_index(self._id, stored, ref.entries)
 
     def _copy_use_record(self) -> None:
         """Carry the last-use time over, so a TTL keeps counting from the real last use."""
-        try:
-            record = self._source.objects.get(used_key(self._id))
-        except ObjectNotFoundError:
-            return
-        self._target.objects.put(used_key(self._id), record)
+        record = self._source.use_record_bytes(self._id)
+        if record is not None:
+            self._target.put_use_record_bytes(self._id, record)
+
+
+class PackCopier:
+    """Copies a snapshot into a format-2 target, moving only the chunks it lacks.
+
+    The source may be either format (its chunks are fetched and verified through
+    ``fetcher``); the chunks travel in their stored encoding into new packs of the
+    target. Write order is a save's, under a write lease on the target: packs,
+    their indexes, the tar index, then the source's manifest bytes with
+    ``put_if_absent``. Blocking: run on a thread.
+    """
+
+    def __init__(
+        self,
+        source: Records,
+        fetcher: PackFetcher | ChunkFetcher,
+        target: Records,
+        target_index: IndexCache,
+        snapshot_id: str,
+        *,
+        pack_size: int,
+        lease_ttl: float,
+        pool: ThreadPoolExecutor,
+    ) -> None:
+        self._source = source
+        self._fetcher = fetcher
+        self._target = target
+        self._index = target_index
+        self._id = snapshot_id
+        self._pack_size = pack_size
+        self._lease_ttl = lease_ttl
+        self._pool = pool
+        self._created: list[str] = []
+
+    def run(self) -> ChunkCopyStats:
+        """As :meth:`ChunkCopier.run`."""
+        raw, manifest = self._source.manifest_with_bytes(self._id, Manifest)
+        if _holds(self._target, self._id, raw):
+            return ChunkCopyStats(0, 0, len({ref.hash for ref in manifest.chunks}))
+        self._target.config_for_write(2)
+        objects = self._target.objects
+        with Lease(objects, "copy", ttl=self._lease_ttl) as lease:
+            try:
+                tables, stats = self._copy_chunks(manifest)
+                lease.check()
+            except BaseException:
+                for key in self._created:
+                    with contextlib.suppress(StoreError):
+                        objects.delete(key)
+                raise
+            for table in tables:
+                objects.put(pack_index_key(table.pack_id), table.encode_index())
+            if manifest.index is not None:
+                stored, _ = self._source.index_bytes(self._id, manifest.index)
+                self._target.put_index(self._id, stored, manifest.index.entries)
+            record = self._source.use_record_bytes(self._id)
+            if record is not None:
+                self._target.put_use_record_bytes(self._id, record)
+            lease.check()
+            if not self._target.commit_stored(self._id, raw):
+                _holds(self._target, self._id, raw)
+        return stats
+
+    def _copy_chunks(self, manifest: Manifest) -> tuple[list[PackTable], ChunkCopyStats]:
+        index = self._index.refresh()
+        excluded = pending_packs(self._target.objects)
+        unique = list({ref.hash: ref for ref in manifest.chunks}.values())
+        missing = [r for r in unique if index.find(bytes.fromhex(r.hash), excluded) is None]
+        builder = PackBuilder(self._pack_size)
+        tables: list[PackTable] = []
+        copied_bytes = 0
+        groups = list(group_chunks(missing, PIECE_SIZE))
+        for group, blobs in zip(groups, self._pool.map(self._stored, groups), strict=True):
+            for ref, blob in zip(group, blobs, strict=True):
+                copied_bytes += len(blob)
+                sealed = builder.add(bytes.fromhex(ref.hash), bytes(blob), ref.length)
+                if sealed is not None:
+                    tables.append(self._put(sealed))
+        if (sealed := builder.seal()) is not None:
+            tables.append(self._put(sealed))
+        stats = ChunkCopyStats(len(missing), copied_bytes, len(unique) - len(missing))
+        return tables, stats
+
+    def _stored(self, group: Sequence[ChunkRef]) -> list[bytes | memoryview]:
+        if isinstance(self._fetcher, PackFetcher):
+            return self._fetcher.fetch_many(group, stored=True)
+        return [self._fetcher.fetch_stored(ref) for ref in group]
+
+    def _put(self, sealed: SealedPack) -> PackTable:
+        if self._target.objects.put_if_absent(sealed.key, sealed.data):
+            self._created.append(sealed.key)
+        return sealed.table
+
+
+def _holds(target: Records, snapshot_id: str, raw: bytes) -> bool:
+    """True if ``target`` has this manifest; StoreError if it has another one."""
+    existing = target.stored_manifest(snapshot_id)
+    if existing is None:
+        return False
+    if existing != raw:
+        raise StoreError(
+            target.url,
+            f"snapshot {snapshot_id} already exists here with different content; not copied",
+        )
+    return True

@@ -15,19 +15,9 @@ import blake3
 
 from docksnap.errors import SnapshotCorruptError, SnapshotNotFoundError, StoreError
 from docksnap.store.base import Problem, VerifyReport
-from docksnap.store.chunked.format import (
-    ChunkDecodeError,
-    ChunkRef,
-    Manifest,
-    TarIndex,
-    chunk_key,
-    decode_record,
-    hash_hex,
-    open_record,
-    trash_key,
-)
-from docksnap.store.chunked.reader import PIECE_SIZE, READ_AHEAD, ChunkFetcher, group_chunks
-from docksnap.store.objects import ObjectNotFoundError, ObjectStore
+from docksnap.store.chunked.format import ChunkRef, Manifest, chunk_key
+from docksnap.store.chunked.reader import PIECE_SIZE, READ_AHEAD, Fetcher, group_chunks
+from docksnap.store.chunked.records import Records
 
 _Checked = list[tuple[ChunkRef, bytes | memoryview | None, str | None]]
 
@@ -53,13 +43,18 @@ class Verifier:
 
     def __init__(
         self,
-        objects: ObjectStore,
+        records: Records,
         io_pool: ThreadPoolExecutor,
-        load_manifest: Callable[[str], Manifest],
+        fetcher_for: Callable[[Manifest], Fetcher],
+        present_for: Callable[[Manifest], Callable[[str], bool]],
+        on_damaged: Callable[[Manifest, ChunkRef], str] | None = None,
     ) -> None:
-        self._objects = objects
+        self._records = records
+        self._objects = records.objects
         self._io = io_pool
-        self._load = load_manifest
+        self._fetcher_for = fetcher_for
+        self._present_for = present_for
+        self._on_damaged = on_damaged
 
     def run(self, snapshot_ids: Iterable[str], *, read_data: bool) -> VerifyReport:
         tally = _Tally()
@@ -77,7 +72,7 @@ class Verifier:
 
     def _manifest_or_problem(self, snapshot_id: str, tally: _Tally) -> Manifest | None:
         try:
-            return self._load(snapshot_id)
+            return self._records.manifest(snapshot_id, Manifest)
         except SnapshotNotFoundError:
             return None  # deleted since it was listed
         except (SnapshotCorruptError, StoreError) as exc:
@@ -90,33 +85,27 @@ class Verifier:
         if ref is None:
             return
         tally.objects += 1
-        try:
-            if not read_data:
-                if not self._objects.exists(ref.key):
-                    tally.problems.append(Problem(manifest.id, ref.key, "index is missing"))
-                return
-            stored = self._objects.get(ref.key)
-        except ObjectNotFoundError:
-            tally.problems.append(Problem(manifest.id, ref.key, "index is missing"))
+        if not read_data:
+            if not self._objects.exists(ref.key):
+                tally.problems.append(Problem(manifest.id, ref.key, "index is missing"))
             return
-        detail = _index_problem(stored, manifest)
-        if detail:
-            tally.problems.append(Problem(manifest.id, ref.key, detail))
+        try:
+            self._records.index_bytes(manifest.id, ref)
+        except SnapshotCorruptError as exc:
+            tally.problems.append(Problem(manifest.id, ref.key, exc.detail))
 
     def _check_presence(self, manifest: Manifest, tally: _Tally) -> None:
         unique = sorted({ref.hash for ref in manifest.chunks})
-        for digest, present in zip(unique, self._io.map(self._present, unique), strict=True):
+        check = self._present_for(manifest)
+        for digest, present in zip(unique, self._io.map(check, unique), strict=True):
             tally.objects += 1
             if not present:
                 detail = f"chunk {digest} is missing (neither {chunk_key(digest)} nor trash)"
                 tally.problems.append(Problem(manifest.id, digest, detail))
 
-    def _present(self, digest: str) -> bool:
-        return self._objects.exists(chunk_key(digest)) or self._objects.exists(trash_key(digest))
-
     def _read_stream(self, manifest: Manifest, tally: _Tally) -> None:
         """Fetch every chunk in order (prefetched), hashing the whole stream too."""
-        fetcher = ChunkFetcher(self._objects, manifest.id)
+        fetcher = self._fetcher_for(manifest)
         stream = blake3.blake3()
         intact = True
         window: deque[Future[_Checked]] = deque()
@@ -130,7 +119,10 @@ class Verifier:
                 tally.objects += 1
                 if data is None:
                     intact = False
-                    tally.problems.append(Problem(manifest.id, ref.hash, problem or "unreadable"))
+                    detail = problem or "unreadable"
+                    if self._on_damaged is not None:
+                        detail += self._on_damaged(manifest, ref)
+                    tally.problems.append(Problem(manifest.id, ref.hash, detail))
                     continue
                 tally.nbytes += len(data)
                 if intact:
@@ -141,7 +133,7 @@ class Verifier:
             tally.problems.append(Problem(manifest.id, "stream", detail))
 
 
-def _check_group(fetcher: ChunkFetcher, refs: Sequence[ChunkRef]) -> _Checked:
+def _check_group(fetcher: Fetcher, refs: Sequence[ChunkRef]) -> _Checked:
     checked: _Checked = []
     for ref in refs:
         try:
@@ -149,19 +141,3 @@ def _check_group(fetcher: ChunkFetcher, refs: Sequence[ChunkRef]) -> _Checked:
         except SnapshotCorruptError as exc:
             checked.append((ref, None, exc.detail))
     return checked
-
-
-def _index_problem(stored: bytes, manifest: Manifest) -> str | None:
-    ref = manifest.index
-    if ref is None:
-        return None
-    actual = f"blake3:{hash_hex(stored)}"
-    if actual != ref.digest:
-        return f"index hashes to {actual}, manifest says {ref.digest}"
-    try:
-        index = decode_record(open_record(stored), TarIndex)
-    except ChunkDecodeError as exc:
-        return f"index is unreadable: {exc}"
-    if index.snapshot_id != manifest.id or len(index.entries) != ref.entries:
-        return "index does not match its manifest (id or entry count)"
-    return None

@@ -32,11 +32,14 @@ import blake3
 
 from docksnap.store.chunked.cutter import Segment, StreamCutter
 from docksnap.store.chunked.format import ChunkerParams, ChunkRef, chunk_key, encode_chunk, hash_hex
+from docksnap.store.chunked.packs import LayeredIndex, PackBuilder, PackTable, SealedPack
+from docksnap.store.chunked.spool import IndexSpool
 from docksnap.store.objects import ObjectStore
-from docksnap.tarstream import TarEntry, TarIndexer
+from docksnap.tarstream import TarIndexer
 
 SEGMENT_SIZE: Final = 4 * 1024 * 1024
 BATCH_SIZE: Final = 1024 * 1024
+_SPILL_EVERY: Final = 1024  # tar entries held before they go to the spool
 _POLL: Final = 0.1  # seconds between checks for an abort while waiting for a slot
 
 
@@ -67,6 +70,16 @@ class Pools:
 
 
 @dataclass(frozen=True, slots=True)
+class PackTarget:
+    """How a format-2 save stores chunks: the store's chunk index it deduplicates
+    against (minus packs gc has marked), and the builder its new chunks go to."""
+
+    index: LayeredIndex
+    excluded: frozenset[str]
+    builder: PackBuilder
+
+
+@dataclass(frozen=True, slots=True)
 class StreamResult:
     """What one stream became: its chunks in order, digest, size, index, and counts.
 
@@ -78,10 +91,11 @@ class StreamResult:
     chunks: tuple[ChunkRef, ...]
     size: int
     digest: str
-    entries: list[TarEntry]
+    entries: IndexSpool
     new_chunks: int
     stored_bytes: int
     deduped: frozenset[str] = field(default_factory=frozenset)
+    packs: tuple[PackTable, ...] = ()
 
 
 class BufferCache:
@@ -121,9 +135,15 @@ class StreamWriter:
         batch_limit: int = 8,
         segment_limit: int = 4,
         put_limit: int = 64,
+        packs: PackTarget | None = None,
+        pack_limit: int = 2,
     ) -> None:
         self._pools = pools
         self._params = params
+        self._packs = packs
+        self._pack_slots = threading.Semaphore(pack_limit)
+        self._written: list[PackTable] = []
+        self._created: list[str] = []
         self._loop = asyncio.get_running_loop()
         self._inbox: queue.SimpleQueue[list[bytes] | _Signal] = queue.SimpleQueue()
         self._credits = asyncio.Semaphore(batch_limit)
@@ -141,6 +161,7 @@ class StreamWriter:
         self._stop = threading.Event()
         self._digest = blake3.blake3()
         self._indexer = TarIndexer()
+        self._spool = IndexSpool()
         self._size = 0
         self._inbox_closed = False
         self._done: Future[StreamResult] = Future()
@@ -182,6 +203,7 @@ class StreamWriter:
         try:
             result = self._cut_stream()
         except BaseException as exc:
+            self._spool.close()
             self._fail(exc)
             self._drain_inbox()
             self._quiesce()
@@ -205,22 +227,41 @@ class StreamWriter:
                     self._indexer.feed(piece)
                     cutter.feed(piece)
                     self._size += len(piece)
+                self._spill_entries()
             finally:
                 self._release_credit()
         cutter.finish()
-        entries = self._indexer.finish()
+        self._spool.add(self._indexer.finish())
         refs = [ref for future in self._segments for ref in future.result()]
+        if self._packs is not None and (last := self._packs.builder.seal()) is not None:
+            self._submit_pack(last)
         self._wait_for_puts()
         self._raise_if_failed()
         return StreamResult(
             chunks=tuple(refs),
             size=self._size,
             digest=f"blake3:{self._digest.hexdigest()}",
-            entries=entries,
+            entries=self._spool,
             new_chunks=self._new_chunks,
             stored_bytes=self._stored_bytes,
             deduped=frozenset(self._deduped),
+            packs=tuple(self._written),
         )
+
+    @property
+    def created_packs(self) -> list[str]:
+        """Keys of the packs this save created (not found already stored). Only this
+        save knows of them until it writes their index, so on failure it may delete
+        them at once."""
+        with self._lock:
+            return list(self._created)
+
+    def _spill_entries(self) -> None:
+        """Move finished tar entries to the spool: memory must not grow per member."""
+        entries = self._indexer.entries
+        if len(entries) >= _SPILL_EVERY:
+            self._spool.add(entries)
+            entries.clear()
 
     def _take_segment(self) -> bytearray:
         while not self._segment_slots.acquire(timeout=_POLL):
@@ -276,6 +317,9 @@ class StreamWriter:
 
     def _store_if_absent(self, digest: str, chunk: memoryview) -> None:
         self._raise_if_failed()
+        if self._packs is not None:
+            self._pack_if_absent(self._packs, digest, chunk)
+            return
         key = chunk_key(digest)
         # Skip the compression (the costly step) when the chunk is already stored:
         # resnapshots of unchanged data then run at hashing speed.
@@ -290,6 +334,44 @@ class StreamWriter:
             self._pending_puts += 1
         future = self._pools.io.submit(self._put, key, payload)
         future.add_done_callback(self._put_done)
+
+    def _pack_if_absent(self, packs: PackTarget, digest: str, chunk: memoryview) -> None:
+        raw = bytes.fromhex(digest)
+        # The in-memory index answers without a request; compression (the costly
+        # step) is skipped for chunks the store already has.
+        if packs.index.find(raw, packs.excluded) is not None:
+            with self._lock:
+                self._deduped.add(digest)
+            return
+        sealed = packs.builder.add(raw, encode_chunk(chunk), len(chunk))
+        if sealed is not None:
+            self._submit_pack(sealed)
+
+    def _submit_pack(self, sealed: SealedPack) -> None:
+        while not self._pack_slots.acquire(timeout=_POLL):
+            self._raise_if_failed()
+        with self._lock:
+            self._pending_puts += 1
+        future = self._pools.io.submit(self._put_pack, sealed)
+        future.add_done_callback(self._pack_done)
+
+    def _put_pack(self, sealed: SealedPack) -> None:
+        if self._stop.is_set() or self._failure is not None:
+            return
+        created = self._pools.objects.put_if_absent(sealed.key, sealed.data)
+        with self._lock:
+            self._written.append(sealed.table)
+            if created:
+                self._created.append(sealed.key)
+                self._new_chunks += len(sealed.table)
+                self._stored_bytes += len(sealed.data)
+
+    def _pack_done(self, future: Future[None]) -> None:
+        self._pack_slots.release()
+        self._note_failure(future)
+        with self._puts_idle:
+            self._pending_puts -= 1
+            self._puts_idle.notify_all()
 
     # --- io pool -----------------------------------------------------------------
 

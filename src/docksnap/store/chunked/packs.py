@@ -1,0 +1,418 @@
+"""Format version 2: many chunks per stored object (packs), and the chunk index.
+
+A **pack** is encoded chunks back to back, then a table of contents, so it is
+self-describing; its key is ``packs/<hh>/<256 random bits, hex>``. Its table
+is also stored on its own as ``packindex/<hh>/<pack id>``, which is what readers
+and writers load: the chunk → (pack, offset, length) map of the whole store,
+held in memory as sorted fixed-width arrays (:class:`ChunkIndex`, 48 bytes per
+chunk), not as a dict of Python objects. docs/FORMAT.md §11 has the byte layout.
+
+Everything here is pure (no object-store I/O) except :func:`load_index`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+import secrets
+import struct
+import threading
+from array import array
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Final
+
+import blake3
+
+from docksnap.store.objects import ObjectNotFoundError, ObjectStore
+
+PACKS: Final = "packs/"
+PACK_INDEX: Final = "packindex/"
+PENDING: Final = "pending/"
+QUARANTINE: Final = "quarantine/"
+PACK_MAGIC: Final = b"DSNPACK2"
+INDEX_MAGIC: Final = b"DSNPIDX2"
+DIGEST_SIZE: Final = 32
+_ENTRY = struct.Struct("<32sIII")  # digest, offset in the pack, stored length, raw length
+ENTRY_SIZE: Final = _ENTRY.size  # 44
+_PACK_TAIL = struct.Struct("<I8s")  # entry count, magic
+_INDEX_HEAD = struct.Struct("<8sIQ")  # magic, entry count, pack size
+PACK_TARGET: Final = 16 * 1024 * 1024
+
+
+class PackFormatError(Exception):
+    """A pack or pack index object does not decode; the message says why."""
+
+
+def pack_key(pack_id: str) -> str:
+    return f"{PACKS}{pack_id[:2]}/{pack_id}"
+
+
+def pack_index_key(pack_id: str) -> str:
+    return f"{PACK_INDEX}{pack_id[:2]}/{pack_id}"
+
+
+def pending_key(pack_id: str) -> str:
+    return f"{PENDING}{pack_id}"
+
+
+def pack_id_of_key(key: str) -> str | None:
+    """The pack id a ``packs/``, ``packindex/`` or ``pending/`` key names, or None."""
+    name = key.rpartition("/")[2]
+    if len(name) == 64 and all(c in "0123456789abcdef" for c in name):
+        return name
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class PackTable:
+    """One pack's table of contents: ``entries`` are ENTRY_SIZE records sorted by digest."""
+
+    pack_id: str
+    pack_size: int
+    entries: bytes
+
+    def __len__(self) -> int:
+        return len(self.entries) // ENTRY_SIZE
+
+    def __iter__(self) -> Iterator[tuple[bytes, int, int, int]]:
+        return iter(_ENTRY.iter_unpack(self.entries))
+
+    def encode_index(self) -> bytes:
+        """The ``packindex/`` object: header, entries, BLAKE3 of both."""
+        body = _INDEX_HEAD.pack(INDEX_MAGIC, len(self), self.pack_size) + self.entries
+        return body + blake3.blake3(body).digest()
+
+    @classmethod
+    def decode_index(cls, pack_id: str, stored: bytes) -> PackTable:
+        if len(stored) < _INDEX_HEAD.size + DIGEST_SIZE:
+            raise PackFormatError("pack index is too short")
+        body, check = stored[:-DIGEST_SIZE], stored[-DIGEST_SIZE:]
+        if blake3.blake3(body).digest() != check:
+            raise PackFormatError("pack index fails its checksum")
+        magic, count, pack_size = _INDEX_HEAD.unpack_from(body)
+        entries = body[_INDEX_HEAD.size :]
+        if magic != INDEX_MAGIC or len(entries) != count * ENTRY_SIZE:
+            raise PackFormatError("pack index header does not match its contents")
+        return cls(pack_id, pack_size, entries)
+
+
+@dataclass(frozen=True, slots=True)
+class SealedPack:
+    """A finished pack: its bytes (to store once) and its table (to index it)."""
+
+    data: bytes
+    table: PackTable
+
+    @property
+    def key(self) -> str:
+        return pack_key(self.table.pack_id)
+
+
+class PackBuilder:
+    """Collects encoded chunks into packs of about ``target`` bytes. Thread-safe.
+
+    :meth:`add` returns a sealed pack whenever the current one reaches the target;
+    :meth:`seal` returns the last, partial one. Memory: one open pack's blobs.
+    """
+
+    def __init__(self, target: int = PACK_TARGET) -> None:
+        self._target = target
+        self._lock = threading.Lock()
+        self._blobs: list[bytes] = []
+        self._entries: list[tuple[bytes, int, int, int]] = []
+        self._size = 0
+
+    def add(self, digest: bytes, blob: bytes, length: int) -> SealedPack | None:
+        with self._lock:
+            self._entries.append((digest, self._size, len(blob), length))
+            self._blobs.append(blob)
+            self._size += len(blob)
+            if self._size < self._target:
+                return None
+            return self._seal_locked()
+
+    def seal(self) -> SealedPack | None:
+        with self._lock:
+            return self._seal_locked() if self._blobs else None
+
+    def _seal_locked(self) -> SealedPack:
+        blobs, entries = self._blobs, self._entries
+        self._blobs, self._entries, self._size = [], [], 0
+        table = b"".join(_ENTRY.pack(*entry) for entry in sorted(entries))
+        blobs.append(table)
+        blobs.append(_PACK_TAIL.pack(len(entries), PACK_MAGIC))
+        data = b"".join(blobs)
+        # A random name, not the content's hash: two saves of the same data build
+        # byte-identical packs, and a writer that found "its" pack already stored
+        # could then rely on a pack gc has marked and is about to delete.
+        pack_id = secrets.token_hex(32)
+        return SealedPack(data, PackTable(pack_id, len(data), table))
+
+
+def read_pack_table(pack_id: str, data: bytes) -> PackTable:
+    """The table inside a whole pack (for gc and repair without its index object)."""
+    if len(data) < _PACK_TAIL.size:
+        raise PackFormatError("pack is too short")
+    count, magic = _PACK_TAIL.unpack_from(data, len(data) - _PACK_TAIL.size)
+    start = len(data) - _PACK_TAIL.size - count * ENTRY_SIZE
+    if magic != PACK_MAGIC or start < 0:
+        raise PackFormatError("pack tail is malformed")
+    return PackTable(pack_id, len(data), data[start : len(data) - _PACK_TAIL.size])
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """Where a chunk is stored: a pack, the blob's offset and stored length, raw length."""
+
+    pack_id: str
+    offset: int
+    stored: int
+    length: int
+
+
+class ChunkIndex:
+    """Chunk digest → location over many packs, compact and immutable.
+
+    Held as one sorted ``bytes`` of digests (32 bytes per chunk) and one
+    ``array('I')`` of (pack number, offset, stored length, raw length) (16 bytes),
+    so 1,000,000 chunks take ~48 MB, against ~200 MB for a dict of Python
+    objects. Lookups are a binary search (~20 steps). ``excluded`` packs (those gc
+    has marked for deletion) are invisible to :meth:`find` for writers.
+    """
+
+    def __init__(
+        self,
+        tables: Iterable[PackTable] = (),
+        *,
+        base: ChunkIndex | None = None,
+        drop: frozenset[str] = frozenset(),
+    ) -> None:
+        """Index ``tables``, plus ``base``'s chunks in packs not in ``drop`` (an
+        update merges what is new instead of re-reading every pack index)."""
+        tables = list(tables)
+        kept: list[str] = [] if base is None else [p for p in base._pack_ids if p not in drop]
+        self._pack_ids: list[str] = kept + [t.pack_id for t in tables]
+        numbers = {pack_id: number for number, pack_id in enumerate(self._pack_ids)}
+        self._pack_sizes: dict[str, int] = {}
+        if base is not None:
+            self._pack_sizes.update((p, base._pack_sizes[p]) for p in kept)
+        self._pack_sizes.update((t.pack_id, t.pack_size) for t in tables)
+        runs = [_run(numbers[t.pack_id], t) for t in tables]
+        if base is not None:
+            runs.append(_base_run(base, numbers))
+        digests = bytearray()
+        cols = array("I")
+        for digest, number, offset, stored, length in heapq.merge(*runs):
+            digests += digest
+            cols.extend((number, offset, stored, length))
+        self._digests = bytes(digests)
+        self._cols = cols
+
+    def __len__(self) -> int:
+        return len(self._digests) // DIGEST_SIZE
+
+    @property
+    def pack_ids(self) -> frozenset[str]:
+        return frozenset(self._pack_ids)
+
+    def pack_size(self, pack_id: str) -> int:
+        return self._pack_sizes[pack_id]
+
+    def nbytes(self) -> int:
+        """Memory held by the arrays (the per-chunk cost)."""
+        return len(self._digests) + int(self._cols.itemsize) * len(self._cols)
+
+    def find(self, digest: bytes, excluded: frozenset[str] = frozenset()) -> Location | None:
+        """A location of ``digest`` in a pack not in ``excluded``, or None."""
+        n = len(self)
+        data = self._digests
+        i = bisect.bisect_left(range(n), digest, key=lambda k: data[k * 32 : k * 32 + 32])
+        while i < n and data[i * 32 : i * 32 + 32] == digest:
+            number, offset, stored, length = self._cols[i * 4 : i * 4 + 4]
+            pack_id = self._pack_ids[number]
+            if pack_id not in excluded:
+                return Location(pack_id, offset, stored, length)
+            i += 1
+        return None
+
+    def locations(self) -> Iterator[tuple[bytes, Location]]:
+        """Every (digest, location), in digest order (a chunk in two packs: twice)."""
+        for i in range(len(self)):
+            number, offset, stored, length = self._cols[i * 4 : i * 4 + 4]
+            digest = self._digests[i * 32 : i * 32 + 32]
+            yield digest, Location(self._pack_ids[number], offset, stored, length)
+
+
+def _base_run(
+    base: ChunkIndex, numbers: dict[str, int]
+) -> Iterator[tuple[bytes, int, int, int, int]]:
+    for i in range(len(base)):
+        old, offset, stored, length = base._cols[i * 4 : i * 4 + 4]
+        number = numbers.get(base._pack_ids[old])
+        if number is not None:
+            yield base._digests[i * 32 : i * 32 + 32], number, offset, stored, length
+
+
+def _run(number: int, table: PackTable) -> Iterator[tuple[bytes, int, int, int, int]]:
+    for digest, offset, stored, length in table:
+        yield digest, number, offset, stored, length
+
+
+def _tables_of(index: ChunkIndex) -> list[PackTable]:
+    """The pack tables ``index`` was built from (to merge a small index into a large one)."""
+    entries: dict[str, list[tuple[bytes, int, int, int]]] = {}
+    for digest, where in index.locations():
+        entries.setdefault(where.pack_id, []).append(
+            (digest, where.offset, where.stored, where.length)
+        )
+    return [
+        PackTable(pack_id, index.pack_size(pack_id), b"".join(_ENTRY.pack(*e) for e in rows))
+        for pack_id, rows in entries.items()
+    ]
+
+
+def load_tables(objects: ObjectStore, pool: ThreadPoolExecutor) -> list[PackTable]:
+    """Every pack's table, from the ``packindex/`` objects (fetched in parallel).
+
+    An index object that vanished meanwhile (gc) is skipped; one that does not
+    decode raises :class:`PackFormatError` naming it.
+    """
+    keys = [info.key for info in objects.list(PACK_INDEX)]
+
+    def load(key: str) -> PackTable | None:
+        pack_id = pack_id_of_key(key)
+        if pack_id is None:
+            return None
+        try:
+            stored = objects.get(key)
+        except ObjectNotFoundError:
+            return None
+        try:
+            return PackTable.decode_index(pack_id, stored)
+        except PackFormatError as exc:
+            raise PackFormatError(f"{key}: {exc}") from None
+
+    return [table for table in pool.map(load, keys) if table is not None]
+
+
+def quarantine_key(digest: bytes, pack_id: str) -> str:
+    return f"{QUARANTINE}{digest.hex()}/{pack_id}"
+
+
+def quarantined(objects: ObjectStore) -> frozenset[tuple[bytes, str]]:
+    """(chunk digest, pack) pairs that verify found damaged: readers and writers use
+    another copy of the chunk, and a writer that has none stores the chunk afresh."""
+    found: set[tuple[bytes, str]] = set()
+    for info in objects.list(QUARANTINE):
+        parts = info.key.split("/")
+        if len(parts) == 3 and pack_id_of_key(info.key) and len(parts[1]) == 64:
+            try:
+                found.add((bytes.fromhex(parts[1]), parts[2]))
+            except ValueError:
+                continue
+    return frozenset(found)
+
+
+def pending_packs(objects: ObjectStore) -> frozenset[str]:
+    """Packs gc has marked for deletion: writers must not deduplicate against them."""
+    return frozenset(
+        pack_id
+        for pack_id in (pack_id_of_key(info.key) for info in objects.list(PENDING))
+        if pack_id is not None
+    )
+
+
+class LayeredIndex:
+    """A large :class:`ChunkIndex` plus a small one of packs indexed since: adding a
+    few packs to a store of millions of chunks must not re-merge the large one."""
+
+    def __init__(
+        self,
+        base: ChunkIndex,
+        recent: ChunkIndex,
+        quarantined: frozenset[tuple[bytes, str]] = frozenset(),
+    ) -> None:
+        self.base = base
+        self.recent = recent
+        self.quarantined = quarantined
+
+    def __len__(self) -> int:
+        return len(self.base) + len(self.recent)
+
+    @property
+    def pack_ids(self) -> frozenset[str]:
+        return self.base.pack_ids | self.recent.pack_ids
+
+    def nbytes(self) -> int:
+        return self.base.nbytes() + self.recent.nbytes()
+
+    def find(self, digest: bytes, excluded: frozenset[str] = frozenset()) -> Location | None:
+        """A location of ``digest`` outside ``excluded`` packs, and not one that verify
+        found damaged (quarantined) while the chunk is stored intact elsewhere too."""
+        while True:
+            where = self.recent.find(digest, excluded) or self.base.find(digest, excluded)
+            if where is None or (digest, where.pack_id) not in self.quarantined:
+                return where
+            excluded = excluded | {where.pack_id}
+
+    def locations(self) -> Iterator[tuple[bytes, Location]]:
+        yield from self.base.locations()
+        yield from self.recent.locations()
+
+
+class IndexCache:
+    """The store's chunk index, loaded once and brought up to date on demand.
+
+    :meth:`refresh` lists ``packindex/`` (one request) and loads only the packs it
+    has not seen. They go into a small recent layer, merged into the large one
+    when it grows past an eighth of it (or when packs disappeared). Thread-safe.
+    """
+
+    def __init__(self, objects: ObjectStore, pool: ThreadPoolExecutor) -> None:
+        self._objects = objects
+        self._pool = pool
+        self._lock = threading.Lock()
+        self._index = LayeredIndex(ChunkIndex(), ChunkIndex())
+        self._loaded = False
+
+    def current(self) -> LayeredIndex:
+        """The index as last loaded (loading it the first time)."""
+        with self._lock:
+            if self._loaded:
+                return self._index
+        return self.refresh()
+
+    def refresh(self) -> LayeredIndex:
+        with self._lock:
+            listed = {
+                pack_id
+                for pack_id in (pack_id_of_key(i.key) for i in self._objects.list(PACK_INDEX))
+                if pack_id is not None
+            }
+            known = self._index.pack_ids
+            new = listed - known
+            gone = frozenset(known - listed)
+            if new or gone:
+                tables = [t for t in self._pool.map(self._load, sorted(new)) if t is not None]
+                base, recent = self._index.base, self._index.recent
+                if gone or 8 * (len(recent) + sum(map(len, tables))) > len(base):
+                    merged = ChunkIndex(tables + _tables_of(recent), base=base, drop=gone)
+                    self._index = LayeredIndex(merged, ChunkIndex())
+                else:
+                    self._index = LayeredIndex(base, ChunkIndex(tables, base=recent))
+            self._index.quarantined = quarantined(self._objects)
+            self._loaded = True
+            return self._index
+
+    def _load(self, pack_id: str) -> PackTable | None:
+        key = pack_index_key(pack_id)
+        try:
+            stored = self._objects.get(key)
+        except ObjectNotFoundError:
+            return None
+        try:
+            return PackTable.decode_index(pack_id, stored)
+        except PackFormatError as exc:
+            raise PackFormatError(f"{key}: {exc}") from None
