@@ -10,12 +10,19 @@ from __future__ import annotations
 
 from .build import build_dirs_tar
 from .entry import ENTRY_TYPES, TarEntry, normalize_name
-from .errors import TarError, TarFormatError, TarLimitError, UnsafeArchiveError
+from .errors import (
+    AmbiguousArchiveError,
+    TarError,
+    TarFormatError,
+    TarLimitError,
+    UnsafeArchiveError,
+)
 from .indexer import TarIndexer
 from .safety import TarSafetyChecker, check_member_safe
 
 __all__ = [
     "ENTRY_TYPES",
+    "AmbiguousArchiveError",
     "TarEntry",
     "TarError",
     "TarFormatError",
