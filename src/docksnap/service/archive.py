@@ -9,7 +9,7 @@ from docksnap.tarstream import RestorableChecker, TarCanonicalizer, TarEntry
 
 # Fields whose change makes a file "changed" in a diff. ``offset`` is where the
 # entry sits in the stream, which shifts whenever anything before it changes.
-_COMPARED = ("type", "mode", "uid", "gid", "mtime", "size", "link")
+_COMPARED = ("type", "mode", "uid", "gid", "mtime", "size", "link", "xattrs")
 
 
 @dataclass(frozen=True, slots=True)

@@ -131,14 +131,23 @@ class Catalogue:
         name: str | None = None,
         image: str = "",
         ttl: float | None = None,
+        allow_devices: bool = False,
     ) -> DirectorySnapshot:
-        """Store a tar stream as a snapshot of ``dir``; unsafe members store nothing.
+        """Store a tar stream as a snapshot of ``dir``; an unsafe archive stores nothing.
 
+        The archive is untrusted: it is stored re-encoded with canonical headers
+        (see :func:`~docksnap.service.archive.checked_tar`), so the snapshot's
+        ``size`` is the length of the re-encoded archive, not of ``tar``, and an
+        export gives the re-encoded archive back. Members that could escape their
+        directory, that the engine would refuse to extract, or that tar readers
+        read differently raise :class:`~docksnap.errors.UnsafeArchiveError` naming
+        the member. Device nodes and fifos are refused unless ``allow_devices``.
         ``image`` is only needed by Docker-backed stores (their helper's image).
         """
         record = DirectorySnapshot(id=new_snapshot_id(), size=0, dir=dir, name=name)
         source = SnapshotSource(container="", image=image)
-        info = await self._store.save(record, checked_tar(tar), source=source, ttl=ttl)
+        checked = checked_tar(tar, allow_devices=allow_devices)
+        info = await self._store.save(record, checked, source=source, ttl=ttl)
         return info.snapshot
 
     async def copy(self, snapshot_id: str, *, to: SnapshotStore | str) -> CopyReport:
