@@ -366,3 +366,21 @@ def test_replaced_atomically_leaves_nothing_on_failure(tmp_path: Path) -> None:
         sink.write(b"whole")
     assert target.read_bytes() == b"whole"
     assert target.stat().st_mode & 0o777 == 0o600
+
+
+def test_files_show_the_xattrs_a_restore_sets() -> None:
+    item = TarEntry(
+        "bin/ping", "file", 0o755, 0, 0, 1_700_000_000, 3, "", 0,
+        (("security.capability", b"\x01\x00\x00\x02"), ("user.note", b"hi there")),
+    )  # fmt: skip
+    lines = render.file_lines([item, entry("plain")])
+    assert lines[1:3] == [
+        "    security.capability=0x01000002",
+        '    user.note="hi there"',
+    ]
+    assert len(lines) == 4
+    assert shapes.entry(item)["xattrs"] == {
+        "security.capability": "0x01000002",
+        "user.note": '"hi there"',
+    }
+    assert shapes.entry(entry("plain"))["xattrs"] == {}
