@@ -300,7 +300,7 @@ def _crafted() -> Iterator[tuple[str, bytes]]:
     )
     yield "vendor V type", _member(b"v", typeflag=b"V") + END
     yield "unknown type with data", _member(b"u", typeflag=b"Z", data=b"z" * 700) + END
-    yield "pax padded with NULs", x(b"11 path=p\n" + bytes(20)) + _member() + END
+    yield "pax padded with NULs", x(b"10 path=p\n" + bytes(20)) + _member() + END
     yield "pax empty path value", x({b"path": b""}) + _member(b"hdr") + END
     yield "pax size override", x({b"size": b"3"}) + with_data(header(b"s"), b"abc") + END
     yield "pax negative fractional mtime", x({b"mtime": b"-0.5"}) + _member() + END
