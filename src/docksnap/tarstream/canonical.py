@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from .entry import TarEntry
 from .errors import UnsafeArchiveError
-from .indexer import BLOCK, DEFAULT_MAX_NAME_LENGTH, TarIndexer, _Header
+from .indexer import BLOCK, DEFAULT_MAX_NAME_LENGTH, TarIndexer
 
 _END_OF_ARCHIVE = bytes(2 * BLOCK)
 _PAX_HEADER_NAME = b"././@PaxHeader"
@@ -63,14 +63,14 @@ class TarCanonicalizer:
         out: list[bytes] = []
         with memoryview(data).cast("B") as view:
             self._copy(view, base, out)
-            for entry, header, data_start in self._parser.take():
+            for entry, (devmajor, devminor), data_start in self._parser.take():
                 self._check(entry)
                 self.members += 1
-                out.append(canonical_header(entry, header.devmajor, header.devminor))
+                out.append(canonical_header(entry, devmajor, devminor))
                 self._copy_from, self._copy_to = data_start, data_start + entry.size
                 self._pad = -entry.size % BLOCK
                 self._copy(view, base, out)
-        piece = b"".join(out)
+        piece = out[0] if len(out) == 1 else b"".join(out)
         self.bytes_out += len(piece)
         return piece
 
@@ -99,12 +99,12 @@ class _MemberQueue(TarIndexer):
 
     def __init__(self, *, max_name_length: int) -> None:
         super().__init__(strict=True, max_name_length=max_name_length)
-        self._queue: list[tuple[TarEntry, _Header, int]] = []
+        self._queue: list[tuple[TarEntry, tuple[int, int], int]] = []
 
-    def _on_member(self, entry: TarEntry, header: _Header, data_start: int) -> None:
-        self._queue.append((entry, header, data_start))
+    def _on_member(self, entry: TarEntry, devices: tuple[int, int], data_start: int) -> None:
+        self._queue.append((entry, devices, data_start))
 
-    def take(self) -> list[tuple[TarEntry, _Header, int]]:
+    def take(self) -> list[tuple[TarEntry, tuple[int, int], int]]:
         queue, self._queue = self._queue, []
         return queue
 

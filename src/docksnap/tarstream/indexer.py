@@ -276,11 +276,12 @@ class TarIndexer:
             raise TarFormatError(offset, "a lone zero block is followed by a header")
         numbers = _header_numbers(block, offset)
         typeflag = block[156]
-        header = _parse_header(block, offset, numbers)
+        # Parsed for every header, as Go does: a bad device field fails any header.
+        header = _parse_header(block, offset)
         if typeflag in _EXTENSIONS:
             self._start_record(typeflag, numbers[3], offset)
         else:
-            self._emit(block, typeflag, header, offset)
+            self._emit(typeflag, numbers, header, offset)
 
     def _on_zero_block(self, offset: int) -> None:
         if self._pending.offset is not None:
@@ -334,32 +335,41 @@ class TarIndexer:
                 f"a global header sets {', '.join(meaningful)} (the engine ignores it)"
             )
 
-    def _emit(self, block: bytes, typeflag: int, header: _Header, offset: int) -> None:
+    def _emit(self, typeflag: int, numbers: _Numbers, header: _Header, offset: int) -> None:
         pending = self._pending
         start = self._member_start(typeflag, offset, pending)
-        member = _merge(header, typeflag, pending, start)
+        raw_name, raw_link, devmajor, devminor, note = header
+        mode, uid, gid, size, mtime = numbers
+        xattrs: _Xattrs = ()
+        if pending.offset is not None:
+            raw_name, raw_link, size, uid, gid, mtime, xattrs = _merge(
+                header, numbers, pending, start
+            )
+        name = _decode(raw_name)
+        kind = _TYPES.get(typeflag, "other")
+        if typeflag == _OLD_REGULAR and name.endswith("/"):
+            kind = "dir"
+        declared = size
+        if kind in _HEADER_ONLY:
+            size = 0
         if self._strict:
-            _refuse_ambiguity(member, header, pending, self._global_notes)
+            _refuse_ambiguity(name, kind, declared, note, pending, self._global_notes)
+        link = ""
+        if kind == "symlink":
+            link = _decode(raw_link)
+        elif kind == "hardlink":
+            link = normalize_name(_decode(raw_link))
         entry = TarEntry(
-            normalize_name(member.name),
-            member.kind,
-            member.mode & 0o7777,
-            member.uid,
-            member.gid,
-            member.mtime,
-            member.size,
-            _member_link(member.kind, member.link),
-            start,
-            member.xattrs,
+            normalize_name(name), kind, mode & 0o7777, uid, gid, mtime, size, link, start, xattrs
         )
         self._count += 1
-        self._skip = member.size + (-member.size % BLOCK)
+        self._skip = size + (-size % BLOCK)
         if pending.offset is not None:
             self._pending = _Pending()
-        self._on_member(entry, header, offset + BLOCK)
+        self._on_member(entry, (devmajor, devminor), offset + BLOCK)
 
-    def _on_member(self, entry: TarEntry, header: _Header, data_start: int) -> None:
-        """Record a parsed member; ``data_start`` is where its data begins."""
+    def _on_member(self, entry: TarEntry, devices: tuple[int, int], data_start: int) -> None:
+        """Record a parsed member: its device numbers, and where its data begins."""
         self.entries.append(entry)
 
     def _member_start(self, typeflag: int, offset: int, pending: _Pending) -> int:
@@ -403,39 +413,22 @@ class _PaxRecords:
     repeated: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class _Header:
-    """The fields of one main header block, read as Go reads them."""
-
-    name: bytes
-    link: bytes
-    numbers: _Numbers
-    devmajor: int
-    devminor: int
-    note: str
+# (name, link, devmajor, devminor, note): a main header as Go reads it, before any
+# extension header is applied; ``note`` says why another reader might read it otherwise.
+_Header = tuple[bytes, bytes, int, int, str]
+_Xattrs = tuple[tuple[str, bytes], ...]
+_Merged = tuple[bytes, bytes, int, int, int, int, _Xattrs]
+_PLAIN_DEVICES = (bytes(16), b"0000000\x00" * 2)
 
 
-@dataclass(frozen=True, slots=True)
-class _Member:
-    """A member after its extension headers were applied, still with raw names."""
+def _merge(header: _Header, numbers: _Numbers, pending: _Pending, start: int) -> _Merged:
+    """Apply PAX records, then GNU long names, to a header: Go's order.
 
-    name: str
-    kind: str
-    mode: int
-    uid: int
-    gid: int
-    mtime: int
-    size: int
-    link: str
-    xattrs: tuple[tuple[str, bytes], ...]
-    declared_size: int
-
-
-def _merge(header: _Header, typeflag: int, pending: _Pending, start: int) -> _Member:
-    """Apply PAX records, then GNU long names, to a header: Go's ``mergePAX`` order."""
-    mode, uid, gid, size, mtime = header.numbers
-    name, link = header.name, header.link
-    xattrs: list[tuple[str, bytes]] = []
+    Returns (name, link, size, uid, gid, mtime, xattrs).
+    """
+    _, uid, gid, size, mtime = numbers
+    name, link = header[0], header[1]
+    xattrs: _Xattrs = ()
     if pending.pax is not None:
         values = {k: v for k, v in pending.pax.values.items() if v}
         name = values.get("path", name)
@@ -446,35 +439,28 @@ def _merge(header: _Header, typeflag: int, pending: _Pending, start: int) -> _Me
         mtime = _pax_time(values, "mtime", mtime, start)
         _pax_time(values, "atime", 0, start)
         _pax_time(values, "ctime", 0, start)
-        xattrs = sorted(
-            (k[len(_XATTR_TEXT) :], v) for k, v in values.items() if k.startswith(_XATTR_TEXT)
+        xattrs = tuple(
+            sorted(
+                (k[len(_XATTR_TEXT) :], v) for k, v in values.items() if k.startswith(_XATTR_TEXT)
+            )
         )
     if pending.long_name:
         name = pending.long_name
     if pending.long_link:
         link = pending.long_link
-    text = _decode(name)
-    kind = _TYPES.get(typeflag, "other")
-    if typeflag == _OLD_REGULAR and text.endswith("/"):
-        kind = "dir"
-    declared = size
-    if kind in _HEADER_ONLY:
-        size = 0
-    return _Member(text, kind, mode, uid, gid, mtime, size, _decode(link), tuple(xattrs), declared)
+    return name, link, size, uid, gid, mtime, xattrs
 
 
 def _refuse_ambiguity(
-    member: _Member, header: _Header, pending: _Pending, global_notes: list[str]
+    name: str, kind: str, declared: int, note: str, pending: _Pending, global_notes: list[str]
 ) -> None:
-    """Raise :class:`AmbiguousArchiveError` if another tar reader could read ``member``
-    differently from Go's reader (and so from the engine)."""
+    """Raise :class:`AmbiguousArchiveError` if another tar reader could read this
+    member differently from Go's reader (and so from the engine)."""
     notes = list(global_notes)
-    if header.note:
-        notes.append(header.note)
+    if note:
+        notes.append(note)
     if pending.pax_headers > 1:
-        notes.append(
-            f"{pending.pax_headers} PAX headers for one member (the engine reads the last)"
-        )
+        notes.append(f"{pending.pax_headers} PAX headers for one member (Go reads the last)")
     if pending.long_names > 1 or pending.long_links > 1:
         notes.append("repeated GNU long name or long link headers")
     if pending.long_name == b"" or pending.long_link == b"":
@@ -493,25 +479,32 @@ def _refuse_ambiguity(
             value = pax.values.get(key)
             if gnu and value and value != gnu:
                 notes.append(f"GNU long {what} and PAX {key} {_decode(value)!r} disagree")
-    if member.kind in _HEADER_ONLY and member.declared_size:
-        notes.append(f"a {member.kind} claims {member.declared_size} bytes of data")
+    if kind in _HEADER_ONLY and declared:
+        notes.append(f"a {kind} claims {declared} bytes of data")
     if notes:
-        raise AmbiguousArchiveError(normalize_name(member.name), "; ".join(notes))
+        raise AmbiguousArchiveError(normalize_name(name), "; ".join(notes))
 
 
-def _parse_header(block: bytes, offset: int, numbers: _Numbers) -> _Header:
+def _parse_header(block: bytes, offset: int) -> _Header:
     """Read the name, link and device fields the way Go's ``readHeader`` does."""
     name = _cut(block[0:100])
     link = _cut(block[157:257])
-    magic, trailer = block[257:265], block[508:512]
+    magic = block[257:265]
+    if (
+        magic[:6] == _POSIX_MAGIC
+        and not block[345]
+        and block[329:345] in _PLAIN_DEVICES
+        and block[508:512] != _STAR_TRAILER
+    ):
+        return name, link, 0, 0, ""  # the common ustar header: no prefix, no device
     if magic[:6] != _POSIX_MAGIC and magic != _GNU_MAGIC:
-        return _Header(name, link, numbers, 0, 0, "")  # v7: no further fields
+        return name, link, 0, 0, ""  # v7: no further fields
     devmajor = _number(block, 329, 337, offset, "devmajor", signed=True)
     devminor = _number(block, 337, 345, offset, "devminor", signed=True)
     prefix, note = b"", ""
     if magic == _GNU_MAGIC:
         prefix, note = _gnu_prefix(block)
-    elif trailer == _STAR_TRAILER:
+    elif block[508:512] == _STAR_TRAILER:
         prefix = _cut(block[345:476])
         _number(block, 476, 488, offset, "atime", signed=True)
         _number(block, 488, 500, offset, "ctime", signed=True)
@@ -521,7 +514,7 @@ def _parse_header(block: bytes, offset: int, numbers: _Numbers) -> _Header:
         prefix = _cut(block[345:500])
     if prefix:
         name = prefix + b"/" + name
-    return _Header(name, link, numbers, devmajor, devminor, note)
+    return name, link, devmajor, devminor, note
 
 
 def _gnu_prefix(block: bytes) -> tuple[bytes, str]:
@@ -537,12 +530,6 @@ def _gnu_prefix(block: bytes) -> tuple[bytes, str]:
             return prefix, "a GNU header whose atime/ctime field holds a ustar prefix"
         return b"", "a GNU header with malformed atime/ctime fields"
     return b"", ""
-
-
-def _member_link(kind: str, link: str) -> str:
-    if kind not in ("symlink", "hardlink"):
-        return ""
-    return normalize_name(link) if kind == "hardlink" else link
 
 
 def _header_numbers(block: bytes, offset: int) -> _Numbers:
