@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 import docksnap
-from docksnap.errors import UnsafeArchiveError
+from docksnap.errors import DockerError, UnsafeArchiveError
 from docksnap.tarstream import AmbiguousArchiveError
-from tests.conftest import TEST_IMAGE, read_file, sleeper, unique_name
+from tests.conftest import SESSION_LABELS, TEST_IMAGE, read_file, sleeper, unique_name
 from tests.integration.test_cli import Cli
 from tests.tarcraft import END, GNU, USTAR, gnu_long, header, pax, with_data
 from tests.unit.test_go_tar_differential import issue_repro
@@ -116,22 +116,37 @@ def test_imported_archive_is_restored_exactly_as_listed(chunked: Cli, tmp_path: 
     assert subprocess.run(cat, capture_output=True, check=True).stdout == b"abc" * 3
 
 
-@pytest.mark.parametrize(
-    ("case", "raw", "member"),
-    [
-        ("hard link to a missing target", header(b"h", b"1", link=b"nowhere") + END, "h"),
-        (
-            "hard link to a directory",
-            header(b"d/", b"5") + header(b"h", b"1", link=b"d") + END,
-            "h",
-        ),
-        ("unknown type flag", with_data(header(b"u", b"Z", size=1), b"z") + END, "u"),
-        ("contiguous file", header(b"c", b"7") + END, "c"),
-        ("file replacing a directory", header(b"a/", b"5") + header(b"a") + END, "a"),
-        ("directory replacing a file", header(b"a") + header(b"a/", b"5") + END, "a"),
-        ("member under a file", header(b"a") + header(b"a/b") + END, "a/b"),
-    ],
+ENGINE_REFUSES = [
+    ("hard link to a missing target", header(b"h", b"1", link=b"nowhere") + END, "h"),
+    ("hard link to a directory", header(b"d/", b"5") + header(b"h", b"1", link=b"d") + END, "h"),
+    ("unknown type flag", with_data(header(b"u", b"Z", size=1), b"z") + END, "u"),
+    ("contiguous file", header(b"c", b"7") + END, "c"),
+    ("file replacing a directory", header(b"a/", b"5") + header(b"a") + END, "a"),
+    ("directory replacing a file", header(b"a") + header(b"a/", b"5") + END, "a"),
+    ("member under a file", header(b"a") + header(b"a/b") + END, "a/b"),
+    ("symlink climbing out", header(b"up", b"2", link=b"../../etc") + END, "up"),
+]
+CASES = pytest.mark.parametrize(
+    ("case", "raw", "member"), ENGINE_REFUSES, ids=[c for c, _, _ in ENGINE_REFUSES]
 )
+
+
+@CASES
+async def test_the_engine_refuses_these_archives_at_restore(
+    docker_engine: None, tmp_path: Path, case: str, raw: bytes, member: str
+) -> None:
+    """Why import refuses them: extracted by the engine (as a restore does), they fail."""
+    async with docksnap.Client(store=tmp_path.as_uri(), labels=SESSION_LABELS) as client:
+        box = client.container(unique_name("ds-refuse"))
+        await box.start(TEST_IMAGE, entrypoint=sleeper())
+        try:
+            with pytest.raises(DockerError):
+                await client.docker.put_archive(box.name, "/tmp", _once(raw), size=len(raw))
+        finally:
+            await box.destroy()
+
+
+@CASES
 def test_cli_import_refuses_what_the_engine_would_refuse_at_restore(
     chunked: Cli, case: str, raw: bytes, member: str
 ) -> None:

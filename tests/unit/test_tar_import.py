@@ -172,6 +172,8 @@ def _entry(path: str, kind: str = "file", link: str = "") -> TarEntry:
         ([_entry("a"), _entry("a", "dir")], "directory replaces a non-directory"),
         ([_entry("a"), _entry("a/b/c")], "parent 'a' is not a directory"),
         ([_entry("n", "char")], "char members are not allowed"),
+        ([_entry("up", "symlink", "../etc")], "climbs out of the archive root"),
+        ([_entry("a/b/up", "symlink", "../../../x")], "climbs out of the archive root"),
     ],
 )
 def test_restorable_checker_refuses(members: list[TarEntry], reason: str) -> None:
@@ -192,6 +194,7 @@ def test_restorable_checker_accepts_what_the_engine_extracts() -> None:
         _entry("a", "dir"),  # a directory over an implicit directory merges
         _entry("a/./h", "hardlink", "./a/b/f"),  # lexically the same target
         _entry("s", "symlink", "/etc"),
+        _entry("a/b/rel", "symlink", "../../s"),  # climbs, but not out
         _entry("h2", "hardlink", "s"),  # a hard link to a symlink is fine
         _entry("a/b/f"),  # a file over a file replaces it
         _entry("n", "char"),

@@ -117,8 +117,10 @@ class RestorableChecker:
     link whose target is not a non-directory member earlier in the archive (the
     engine's ``link(2)`` needs it on disk); a non-directory where the archive
     created a directory, or a directory where it created a non-directory (restores
-    send ``noOverwriteDirNonDir``); and a member under a path the archive created
-    as a non-directory.
+    send ``noOverwriteDirNonDir``); a member under a path the archive created
+    as a non-directory; and a relative symlink whose target climbs above the
+    archive root (the engine refuses it as "invalid symlink" into any directory
+    but "/"; absolute targets are fine, they resolve inside the container).
 
     Paths are remembered as 64-bit keyed hashes of their normalized form, about 60
     bytes each, not as strings: a collision (odds ~n²/2⁶⁴) can only make a valid
@@ -141,18 +143,36 @@ class RestorableChecker:
             if hash("/".join(parts[:end])) in self._others:
                 parent = "/".join(parts[:end])
                 raise UnsafeArchiveError(path, f"its parent {parent!r} is not a directory")
-        key = hash("/".join(parts))
-        if entry.type == "hardlink":
-            target = "/".join(_components(entry.link) or [])
-            if hash(target) not in self._others:
-                raise UnsafeArchiveError(
-                    path, f"hard link to {entry.link!r}, which no earlier member created"
-                )
+        if entry.type == "symlink":
+            _check_symlink_target(entry, parts)
+        elif entry.type == "hardlink":
+            self._check_hardlink_target(entry)
+        self._remember(entry, hash("/".join(parts)))
+
+    def _check_hardlink_target(self, entry: TarEntry) -> None:
+        target = "/".join(_components(entry.link) or [])
+        if hash(target) not in self._others:
+            raise UnsafeArchiveError(
+                entry.path, f"hard link to {entry.link!r}, which no earlier member created"
+            )
+
+    def _remember(self, entry: TarEntry, key: int) -> None:
         if entry.type == "dir":
             if key in self._others:
-                raise UnsafeArchiveError(path, "a directory replaces a non-directory")
+                raise UnsafeArchiveError(entry.path, "a directory replaces a non-directory")
             self._dirs.add(key)
         else:
             if key in self._dirs:
-                raise UnsafeArchiveError(path, f"a {entry.type} replaces a directory")
+                raise UnsafeArchiveError(entry.path, f"a {entry.type} replaces a directory")
             self._others.add(key)
+
+
+def _check_symlink_target(entry: TarEntry, parts: list[str]) -> None:
+    # moby joins a relative target to the link's directory and refuses the member
+    # ("invalid symlink") when that leaves the extraction directory.
+    if entry.link.startswith("/"):
+        return
+    if _components("/".join([*parts[:-1], entry.link])) is None:
+        raise UnsafeArchiveError(
+            entry.path, f"symlink target {entry.link!r} climbs out of the archive root"
+        )
