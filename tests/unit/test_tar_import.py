@@ -200,3 +200,20 @@ def test_restorable_checker_accepts_what_the_engine_extracts() -> None:
         _entry("n", "char"),
     ]:
         checker.check(entry)
+
+
+def test_many_global_headers_keep_memory_bounded() -> None:
+    indexer = TarIndexer(strict=True)
+    headers = [pax({b"SCHILY.xattr.user.%d" % i: b"v"}, b"g") for i in range(3000)]
+    indexer.feed(headers[0])
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for raw in headers[1:]:
+            indexer.feed(raw)
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 64 * 1024
+    with pytest.raises(AmbiguousArchiveError, match=r"sets SCHILY\.xattr\.user\.0 "):
+        indexer.feed(header(b"m") + END)

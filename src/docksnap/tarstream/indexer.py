@@ -154,7 +154,9 @@ class TarIndexer:
         self._record_type = 0
         self._record_offset = 0
         self._pending = _Pending()
-        self._global_notes: list[str] = []
+        # Why a global header makes the rest ambiguous; the first reason is enough,
+        # and keeping one keeps memory bounded whatever the number of headers.
+        self._global_note = ""
         self._zero_blocks = 0
         self._done = False
 
@@ -326,12 +328,12 @@ class TarIndexer:
     def _on_global(self, records: _PaxRecords) -> None:
         # Go returns a global header as a member of its own, which moby skips: the
         # extension headers read before it apply to nothing.
-        if self._pending.offset is not None:
-            self._global_notes.append("a global header drops the extension headers before it")
+        if self._pending.offset is not None and not self._global_note:
+            self._global_note = "a global header drops the extension headers before it"
         self._pending = _Pending()
         meaningful = sorted(k for k, v in records.values.items() if v and k != "comment")
-        if meaningful:
-            self._global_notes.append(
+        if meaningful and not self._global_note:
+            self._global_note = (
                 f"a global header sets {', '.join(meaningful)} (the engine ignores it)"
             )
 
@@ -353,7 +355,7 @@ class TarIndexer:
         if kind in _HEADER_ONLY:
             size = 0
         if self._strict:
-            _refuse_ambiguity(name, kind, declared, note, pending, self._global_notes)
+            _refuse_ambiguity(name, kind, declared, note, pending, self._global_note)
         link = ""
         if kind == "symlink":
             link = _decode(raw_link)
@@ -452,11 +454,11 @@ def _merge(header: _Header, numbers: _Numbers, pending: _Pending, start: int) ->
 
 
 def _refuse_ambiguity(
-    name: str, kind: str, declared: int, note: str, pending: _Pending, global_notes: list[str]
+    name: str, kind: str, declared: int, note: str, pending: _Pending, global_note: str
 ) -> None:
     """Raise :class:`AmbiguousArchiveError` if another tar reader could read this
     member differently from Go's reader (and so from the engine)."""
-    notes = list(global_notes)
+    notes = [global_note] if global_note else []
     if note:
         notes.append(note)
     if pending.pax_headers > 1:
