@@ -178,3 +178,17 @@ async def test_import_tar_allow_devices_keyword(client: docksnap.Client) -> None
     # The volume store lists its own root directory too.
     assert [(e.path, e.type) for e in files if e.path != "."] == [("null", "char")]
     await client.snapshots.delete(snap.id)
+
+
+def test_snapshots_from_the_engine_are_stored_byte_for_byte(chunked: Cli) -> None:
+    """Only imports are re-encoded: an export of a snapshot is what the engine gave."""
+    box = chunked.run_box(
+        "mkdir -p /app/" + "d" * 120 + " && echo hi > /app/f && ln -s /etc /app/l"
+    )
+    snap = chunked.snapshot(box, "/app")["snapshot"]
+    exported = chunked("export", snap["id"]).stdout
+    engine = subprocess.run(
+        ["docker", "cp", f"{box}:/app/.", "-"], capture_output=True, check=True
+    ).stdout
+    assert exported == engine
+    assert snap["size"] == len(engine)
