@@ -9,6 +9,7 @@ already catches ``ValueError`` keeps working::
     │   ├── InvalidPathError             a path that is relative, has NUL, or climbs above /
     │   ├── InvalidSnapshotError         a snapshot record that fails validation
     │   └── UnsafeArchiveError           a tar member that could escape its directory
+    │       └── AmbiguousArchiveError    tar readers disagree on a member (docksnap.tarstream)
     ├── ContainerError                   (.container: the container's name)
     │   ├── ContainerNotFoundError
     │   ├── ContainerNotRunningError

@@ -26,6 +26,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from docksnap.tarstream import (
+    AmbiguousArchiveError,
     TarEntry,
     TarError,
     TarFormatError,
@@ -769,10 +770,11 @@ def test_max_entries() -> None:
 
 
 def test_errors_carry_their_fields_and_pickle() -> None:
-    errors: list[TarError] = [
+    errors: list[Exception] = [
         TarFormatError(512, "bad"),
         TarLimitError(1024, "big"),
         UnsafeArchiveError("../x", "climbs"),
+        AmbiguousArchiveError("evil", "a global header sets path"),
     ]
     for error in errors:
         copy = pickle.loads(pickle.dumps(error))  # noqa: S301
@@ -781,6 +783,7 @@ def test_errors_carry_their_fields_and_pickle() -> None:
     assert "'../x'" in str(errors[2])
     assert isinstance(errors[0], ValueError)
     assert isinstance(errors[2], ValueError)
+    assert isinstance(errors[3], UnsafeArchiveError)
 
 
 # --------------------------------------------------------------------------------------
