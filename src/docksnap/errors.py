@@ -75,7 +75,8 @@ class InvalidSnapshotError(InvalidArgumentError):
 
 
 class UnsafeArchiveError(InvalidArgumentError):
-    """A tar member could write outside its directory, or is a device file."""
+    """A tar member could write outside its directory, is a device file, or is one
+    the engine would refuse to extract."""
 
     def __init__(self, path: str, reason: str) -> None:
         super().__init__(f"unsafe tar member {path!r}: {reason}")
