@@ -16,6 +16,7 @@ from docksnap.tarstream import (
     TarCanonicalizer,
     TarEntry,
     TarIndexer,
+    TarSafetyChecker,
     UnsafeArchiveError,
 )
 from tests.tarcraft import END, gnu_long, header, pax, with_data
@@ -51,6 +52,17 @@ def test_the_issue_archive_is_ambiguous_and_names_the_member_the_engine_sees() -
         strict(issue_repro())
     assert caught.value.path == "evil"
     assert isinstance(caught.value, UnsafeArchiveError)
+
+
+def test_without_the_ambiguity_check_the_engine_reading_is_still_refused() -> None:
+    # Defence in depth: read as the engine reads it, the archive writes through the
+    # symlink it created, which the safety check refuses on its own.
+    symlink, through = strict_lenient(issue_repro())
+    checker = TarSafetyChecker()
+    checker.check(symlink)
+    with pytest.raises(UnsafeArchiveError, match="goes through symlink 'evil'") as caught:
+        checker.check(through)
+    assert caught.value.path == "evil/pwned"
 
 
 def strict_lenient(raw: bytes) -> list[TarEntry]:
