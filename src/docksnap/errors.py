@@ -9,6 +9,7 @@ already catches ``ValueError`` keeps working::
     │   ├── InvalidPathError             a path that is relative, has NUL, or climbs above /
     │   ├── InvalidSnapshotError         a snapshot record that fails validation
     │   └── UnsafeArchiveError           a tar member that could escape its directory
+    │       └── AmbiguousArchiveError    tar readers disagree on a member (docksnap.tarstream)
     ├── ContainerError                   (.container: the container's name)
     │   ├── ContainerNotFoundError
     │   ├── ContainerNotRunningError
@@ -74,7 +75,8 @@ class InvalidSnapshotError(InvalidArgumentError):
 
 
 class UnsafeArchiveError(InvalidArgumentError):
-    """A tar member could write outside its directory, or is a device file."""
+    """A tar member could write outside its directory, is a device file, or is one
+    the engine would refuse to extract."""
 
     def __init__(self, path: str, reason: str) -> None:
         super().__init__(f"unsafe tar member {path!r}: {reason}")

@@ -139,7 +139,9 @@ class DirectorySnapshot:
         allowed = {"id", "size", "dir", "name", "digest", "created_at"}
         unknown = set(data) - allowed
         if unknown:
-            raise InvalidSnapshotError("record", sorted(unknown), "unknown fields")
+            # Keys of a foreign record need not be strings, nor comparable to each other.
+            names = sorted(repr(key) if not isinstance(key, str) else key for key in unknown)
+            raise InvalidSnapshotError("record", names, "unknown fields")
         missing = {"id", "size", "dir"} - set(data)
         if missing:
             raise InvalidSnapshotError("record", sorted(missing), "missing required fields")

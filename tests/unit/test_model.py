@@ -79,6 +79,14 @@ class TestFromDict:
         with pytest.raises(InvalidSnapshotError, match="sise"):
             DirectorySnapshot.from_dict(record(sise=3))
 
+    @pytest.mark.parametrize("data", [{1: 0, "x": 0}, {None: 1, 2.5: 2, (1,): 3}])
+    def test_unknown_keys_of_any_type_are_a_value_error(self, data: dict[Any, Any]) -> None:
+        """Keys that do not even compare with each other are named, not a TypeError."""
+        with pytest.raises(InvalidSnapshotError, match="unknown fields") as caught:
+            DirectorySnapshot.from_dict(data)
+        assert isinstance(caught.value, ValueError)
+        assert all(repr(key) in str(caught.value) for key in data if not isinstance(key, str))
+
     def test_dir_is_canonicalized_and_empty_name_is_none(self) -> None:
         """Trailing slashes go, '..' inside the root resolves, '' as name means no name."""
         snap = DirectorySnapshot.from_dict(record(dir="/app/x/../data///", name=""))

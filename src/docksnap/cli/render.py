@@ -6,6 +6,7 @@ would be noise, so styling is left to the progress display on stderr.
 
 from __future__ import annotations
 
+import json
 import stat
 import time
 from collections.abc import Sequence
@@ -24,7 +25,6 @@ _TYPE_BITS = {
     "block": stat.S_IFBLK,
     "fifo": stat.S_IFIFO,
 }
-# Fields a diff describes when they change, in the order they are shown.
 
 
 def size(n: float) -> str:
@@ -67,10 +67,24 @@ def display_path(entry: TarEntry) -> str:
 
 
 def file_lines(entries: Sequence[TarEntry], prefix: str = "") -> list[str]:
-    """One ``tar -tv`` line per entry, the size column aligned."""
+    """One ``tar -tv`` line per entry, the size column aligned; under it, one
+    ``getfattr -d`` style line per extended attribute a restore sets."""
     width = max((len(str(e.size)) for e in entries), default=1)
     owner_width = max((len(f"{e.uid}/{e.gid}") for e in entries), default=3)
-    return [prefix + _file_line(e, width, owner_width) for e in entries]
+    lines: list[str] = []
+    for entry in entries:
+        lines.append(prefix + _file_line(entry, width, owner_width))
+        lines.extend(f"{prefix}    {n}={xattr_value(v)}" for n, v in entry.xattrs)
+    return lines
+
+
+def xattr_value(value: bytes) -> str:
+    """``"text"`` when printable UTF-8, else ``0x`` and hex, as ``getfattr`` shows it."""
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError:
+        return "0x" + value.hex()
+    return json.dumps(text) if text.isprintable() else "0x" + value.hex()
 
 
 def _file_line(entry: TarEntry, width: int, owner_width: int) -> str:
@@ -142,4 +156,6 @@ def _show(field: str, value: object) -> str:
         return local_time(value)
     if field == "mode" and isinstance(value, int):
         return f"{value:04o}"
+    if field == "xattrs" and isinstance(value, tuple):
+        return "{" + ", ".join(f"{n}={xattr_value(v)}" for n, v in value) + "}"
     return str(value)

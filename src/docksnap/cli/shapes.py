@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from docksnap.cli.render import xattr_value
 from docksnap.model import DirectorySnapshot
 from docksnap.service.archive import SnapshotDiff
 from docksnap.store.base import GcReport, SnapshotInfo, StoreStats, VerifyReport
@@ -49,6 +50,7 @@ def entry(item: TarEntry) -> JSON:
         "mtime": item.mtime,
         "size": item.size,
         "link": item.link,
+        "xattrs": {name: xattr_value(value) for name, value in item.xattrs},
     }
 
 

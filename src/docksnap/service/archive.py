@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
-from docksnap.tarstream import TarEntry, TarIndexer, TarSafetyChecker
+from docksnap.tarstream import RestorableChecker, TarCanonicalizer, TarEntry
 
 # Fields whose change makes a file "changed" in a diff. ``offset`` is where the
 # entry sits in the stream, which shifts whenever anything before it changes.
-COMPARED_FIELDS = ("type", "size", "mode", "uid", "gid", "mtime", "link")
+COMPARED_FIELDS = ("type", "size", "mode", "uid", "gid", "mtime", "link", "xattrs")
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,22 +66,24 @@ def diff_indexes(old: list[TarEntry], new: list[TarEntry]) -> SnapshotDiff:
 async def checked_tar(
     chunks: AsyncIterator[bytes], *, allow_devices: bool = False
 ) -> AsyncIterator[bytes]:
-    """Pass a tar stream through, refusing it as soon as a member is unsafe.
+    """Re-encode an untrusted tar stream canonically, refusing it at the first bad member.
 
-    Each piece is parsed before it is handed on, so a store never receives the
-    bytes of a member that is absolute, climbs out with ``..``, writes through
-    an earlier symlink, or is a device file: it raises
+    The output is what gets stored: one canonical header per member, written from
+    what was checked (:class:`~docksnap.tarstream.TarCanonicalizer`), so the engine
+    later reads exactly the names docksnap judged. A member is checked before any
+    of its bytes are handed on, so a store never receives a member that is
+    absolute, climbs out with ``..``, writes through an earlier symlink, is a
+    device file (unless ``allow_devices``), or that the engine would refuse to
+    extract (:class:`~docksnap.tarstream.RestorableChecker`): it raises
     :class:`~docksnap.errors.UnsafeArchiveError` naming the member, and a store
-    commits nothing when its stream raises. A malformed or truncated stream
-    raises :class:`~docksnap.tarstream.TarFormatError` at the end.
+    commits nothing when its stream raises. An archive that tar readers read
+    differently raises :class:`~docksnap.tarstream.AmbiguousArchiveError`; a
+    malformed or truncated one :class:`~docksnap.tarstream.TarFormatError`.
     """
-    indexer = TarIndexer()
-    checker = TarSafetyChecker(allow_devices=allow_devices)
-    checked = 0
+    checker = RestorableChecker(allow_devices=allow_devices)
+    canonical = TarCanonicalizer(checker.check)
     async for piece in chunks:
-        indexer.feed(piece)
-        for entry in indexer.entries[checked:]:
-            checker.check(entry)
-        checked = len(indexer.entries)
-        yield piece
-    indexer.finish()
+        out = canonical.feed(piece)
+        if out:
+            yield out
+    yield canonical.finish()

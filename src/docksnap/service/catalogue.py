@@ -152,9 +152,17 @@ class Catalogue:
         image: str = "",
         ttl: float | None = None,
         size: int | None = None,
+        allow_devices: bool = False,
     ) -> DirectorySnapshot:
-        """Store a tar stream as a snapshot of ``dir``; unsafe members store nothing.
+        """Store a tar stream as a snapshot of ``dir``; an unsafe archive stores nothing.
 
+        The archive is untrusted: it is stored re-encoded with canonical headers
+        (see :func:`~docksnap.service.archive.checked_tar`), so the snapshot's
+        ``size`` is the length of the re-encoded archive, not of ``tar``, and an
+        export gives the re-encoded archive back. Members that could escape their
+        directory, that the engine would refuse to extract, or that tar readers
+        read differently raise :class:`~docksnap.errors.UnsafeArchiveError` naming
+        the member. Device nodes and fifos are refused unless ``allow_devices``.
         ``image`` is recorded as the snapshot's source image (the ``docker-volume:``
         store also makes its helper containers from it). ``size``, when the
         caller knows the stream's length, is only reported as progress. The
@@ -165,7 +173,7 @@ class Catalogue:
         record = DirectorySnapshot(id=new_snapshot_id(), size=0, dir=dir, name=name)
         source = SnapshotSource(container="", image=image)
         with track(self._progress, Operation.IMPORT, record.id, size) as progress:
-            stream = checked_tar(progress.stream(tar))
+            stream = checked_tar(progress.stream(tar), allow_devices=allow_devices)
             info = await self._store.save(record, stream, source=source, ttl=ttl)
         return dataclasses.replace(info.snapshot, info=info)
 

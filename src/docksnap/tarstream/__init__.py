@@ -2,20 +2,32 @@
 
 - :class:`TarIndexer` indexes a tar stream fed in chunks, reading headers only.
 - :class:`TarEntry` is what it produces per member (also a manifest storage format).
-- :func:`check_member_safe` and :class:`TarSafetyChecker` vet members before extraction.
+- :func:`check_member_safe` and :class:`TarSafetyChecker` vet members before extraction;
+  :class:`RestorableChecker` also refuses what the engine would refuse to extract.
+- :class:`TarCanonicalizer` re-encodes an imported archive with canonical headers.
 - :func:`build_dirs_tar` writes the archive that creates missing parent directories.
 """
 
 from __future__ import annotations
 
 from .build import build_dirs_tar
+from .canonical import TarCanonicalizer, canonical_header
 from .entry import ENTRY_TYPES, TarEntry, normalize_name
-from .errors import TarError, TarFormatError, TarLimitError, UnsafeArchiveError
+from .errors import (
+    AmbiguousArchiveError,
+    TarError,
+    TarFormatError,
+    TarLimitError,
+    UnsafeArchiveError,
+)
 from .indexer import TarIndexer
-from .safety import TarSafetyChecker, check_member_safe
+from .safety import RestorableChecker, TarSafetyChecker, check_member_safe
 
 __all__ = [
     "ENTRY_TYPES",
+    "AmbiguousArchiveError",
+    "RestorableChecker",
+    "TarCanonicalizer",
     "TarEntry",
     "TarError",
     "TarFormatError",
@@ -24,6 +36,7 @@ __all__ = [
     "TarSafetyChecker",
     "UnsafeArchiveError",
     "build_dirs_tar",
+    "canonical_header",
     "check_member_safe",
     "normalize_name",
 ]

@@ -25,6 +25,10 @@ class TarEntry(msgspec.Struct, frozen=True, array_like=True):
       ('x') or GNU long-name/long-link blocks that precede its main header. Global pax
       ('g') headers are not part of any member. The data starts at the end of the
       main header; it is ``size`` bytes padded to a multiple of 512.
+    - ``xattrs``: the extended attributes a restore sets (the engine applies the
+      ``SCHILY.xattr.<name>`` PAX records with a non-empty value), as sorted
+      ``(name, value)`` pairs. Added after the first format: a record stored without
+      it reads as ``()``, and older readers ignore it.
     """
 
     path: str
@@ -36,6 +40,7 @@ class TarEntry(msgspec.Struct, frozen=True, array_like=True):
     size: int
     link: str
     offset: int
+    xattrs: tuple[tuple[str, bytes], ...] = ()
 
 
 def normalize_name(raw: str) -> str:

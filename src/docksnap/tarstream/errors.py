@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from docksnap.errors import DocksnapError, InvalidArgumentError, UnsafeArchiveError
 
-__all__ = ["TarError", "TarFormatError", "TarLimitError", "UnsafeArchiveError"]
+__all__ = [
+    "AmbiguousArchiveError",
+    "TarError",
+    "TarFormatError",
+    "TarLimitError",
+    "UnsafeArchiveError",
+]
 
 
 class TarError(DocksnapError):
@@ -32,3 +38,11 @@ class TarLimitError(TarError):
         super().__init__(f"tar stream exceeds a limit at offset {offset}: {reason}")
         self.offset = offset
         self.reason = reason
+
+
+class AmbiguousArchiveError(UnsafeArchiveError):
+    """Tar readers disagree on what member ``path`` is (its name, link, size, ...).
+
+    The engine's reader (Go's ``archive/tar``) gives ``path``; the archive is
+    refused because a check, or a person with another tool, would see something else.
+    """

@@ -105,3 +105,74 @@ def _components(path: str) -> list[str] | None:
         elif part not in ("", "."):
             stack.append(part)
     return stack
+
+
+class RestorableChecker:
+    """Check an imported archive's members, in stream order, as the engine will
+    extract them, so that an archive the engine would refuse at restore is refused
+    at import instead.
+
+    On top of :class:`TarSafetyChecker` (which it runs first), refuses: a member of a
+    type the engine does not extract ("other": unknown type flags, '7', 'X'); a hard
+    link whose target is not a non-directory member earlier in the archive (the
+    engine's ``link(2)`` needs it on disk); a non-directory where the archive
+    created a directory, or a directory where it created a non-directory (restores
+    send ``noOverwriteDirNonDir``); a member under a path the archive created
+    as a non-directory; and a relative symlink whose target climbs above the
+    archive root (the engine refuses it as "invalid symlink" into any directory
+    but "/"; absolute targets are fine, they resolve inside the container).
+
+    Paths are remembered as 64-bit keyed hashes of their normalized form, about 60
+    bytes each, not as strings: a collision (odds ~n²/2⁶⁴) can only make a valid
+    archive refused, or let one through that the engine then refuses.
+    """
+
+    def __init__(self, *, allow_devices: bool = False) -> None:
+        self._safety = TarSafetyChecker(allow_devices=allow_devices)
+        self._dirs: set[int] = set()
+        self._others: set[int] = set()
+
+    def check(self, entry: TarEntry) -> None:
+        """Raise :class:`UnsafeArchiveError` naming ``entry`` if it cannot be restored."""
+        self._safety.check(entry)
+        path = entry.path
+        if entry.type == "other":
+            raise UnsafeArchiveError(path, "a type flag the engine does not extract")
+        parts = _components(path) or []
+        for end in range(1, len(parts)):
+            if hash("/".join(parts[:end])) in self._others:
+                parent = "/".join(parts[:end])
+                raise UnsafeArchiveError(path, f"its parent {parent!r} is not a directory")
+        if entry.type == "symlink":
+            _check_symlink_target(entry, parts)
+        elif entry.type == "hardlink":
+            self._check_hardlink_target(entry)
+        self._remember(entry, hash("/".join(parts)))
+
+    def _check_hardlink_target(self, entry: TarEntry) -> None:
+        target = "/".join(_components(entry.link) or [])
+        if hash(target) not in self._others:
+            raise UnsafeArchiveError(
+                entry.path, f"hard link to {entry.link!r}, which no earlier member created"
+            )
+
+    def _remember(self, entry: TarEntry, key: int) -> None:
+        if entry.type == "dir":
+            if key in self._others:
+                raise UnsafeArchiveError(entry.path, "a directory replaces a non-directory")
+            self._dirs.add(key)
+        else:
+            if key in self._dirs:
+                raise UnsafeArchiveError(entry.path, f"a {entry.type} replaces a directory")
+            self._others.add(key)
+
+
+def _check_symlink_target(entry: TarEntry, parts: list[str]) -> None:
+    # moby joins a relative target to the link's directory and refuses the member
+    # ("invalid symlink") when that leaves the extraction directory.
+    if entry.link.startswith("/"):
+        return
+    if _components("/".join([*parts[:-1], entry.link])) is None:
+        raise UnsafeArchiveError(
+            entry.path, f"symlink target {entry.link!r} climbs out of the archive root"
+        )

@@ -82,15 +82,29 @@ def export(app: App, snapshot_id: str, output: Path | None) -> None:
     metavar="SECONDS",
     help="Delete the snapshot (at `docksnap gc`) after this long unused.",
 )
+@click.option(
+    "--allow-devices",
+    is_flag=True,
+    help="Accept device nodes and fifos (refused by default: a restore would create them).",
+)
 @output_options
 @pass_app
 def import_(
-    app: App, source: BinaryIO, directory: str, name: str | None, image: str, ttl: float | None
+    app: App,
+    source: BinaryIO,
+    directory: str,
+    name: str | None,
+    image: str,
+    ttl: float | None,
+    allow_devices: bool,
 ) -> None:
     """Store a tar archive (FILE or - for stdin) as a snapshot.
 
     Members with absolute names, `..` that climbs out, links written through,
-    or device files are refused, naming the member; then nothing is stored.
+    device files (without --allow-devices), members the engine would refuse to
+    extract, or headers that tar readers read differently are refused, naming
+    the member; then nothing is stored. The archive is stored re-encoded with
+    canonical headers, so its size may differ from FILE's.
 
     \b
     Example:
@@ -111,6 +125,7 @@ def import_(
             name=name,
             image=image,
             ttl=ttl,
+            allow_devices=allow_devices,
             size=regular_file_size(source),
         )
         info = snap.info
