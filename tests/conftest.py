@@ -61,7 +61,8 @@ def docker_engine() -> None:
 
 @pytest.fixture(scope="session", autouse=True)
 def no_leaks() -> Iterator[None]:
-    """After the whole session, nothing this session created is left on the engine."""
+    """After the whole session, nothing this session created is left on the engine
+    (containers, volumes, and the images whole-container restores make)."""
     yield
     if _engine_answers() is not None:
         return
@@ -77,7 +78,14 @@ def no_leaks() -> Iterator[None]:
         text=True,
         check=True,
     ).stdout.split()
+    images = subprocess.run(
+        ["docker", "images", "-q", "--filter", f"label={SESSION_LABEL}={SESSION_ID}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     assert not leftovers, f"containers leaked by the tests: {leftovers}"
+    assert not images, f"images leaked by the tests: {images}"
     assert not volumes, f"volumes leaked by the tests: {volumes}"
 
 

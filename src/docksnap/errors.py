@@ -19,6 +19,9 @@ already catches ``ValueError`` keeps working::
     ├── SnapshotNotFoundError            (.snapshot_id)
     ├── SnapshotTooLargeError            (.limit)
     ├── SnapshotCorruptError             (.snapshot_id, .detail)
+    ├── CaptureIncompleteError           strict=True and the capture report is not empty (.report)
+    ├── MergeConflictError               merge found conflicts under on_conflict="fail" (.conflicts)
+    ├── ImageNotFoundError               the image a container snapshot needs is not on this engine
     ├── TarError                         (docksnap.tarstream)
     │   ├── TarFormatError (ValueError)  a malformed or truncated tar stream (.offset)
     │   └── TarLimitError                a tar stream past a configured limit (.offset)
@@ -144,6 +147,35 @@ class SnapshotCorruptError(DocksnapError):
         super().__init__(f"snapshot {snapshot_id!r} is corrupt: {detail}")
         self.snapshot_id = snapshot_id
         self.detail = detail
+
+
+class CaptureIncompleteError(DocksnapError):
+    """``strict=True`` and the capture could not take everything faithfully; nothing stored."""
+
+    def __init__(self, path: str, report: Any) -> None:
+        super().__init__(
+            f"snapshot of {path} is incomplete ({report.summary()}); strict mode stored nothing"
+        )
+        self.path = path
+        self.report = report
+
+
+class MergeConflictError(DocksnapError):
+    """A three-way merge found conflicting changes and the policy was "fail"; nothing stored."""
+
+    def __init__(self, conflicts: Any) -> None:
+        paths = ", ".join(repr(c.path) for c in conflicts[:5])
+        more = f" and {len(conflicts) - 5} more" if len(conflicts) > 5 else ""
+        super().__init__(f"{len(conflicts)} conflicting path(s): {paths}{more}; nothing stored")
+        self.conflicts = tuple(conflicts)
+
+
+class ImageNotFoundError(DocksnapError):
+    """The image a whole-container snapshot is applied to does not exist on this engine."""
+
+    def __init__(self, image: str, message: str) -> None:
+        super().__init__(message)
+        self.image = image
 
 
 class DockerError(DocksnapError):

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from docksnap.errors import InvalidPathError, InvalidSnapshotError
+from docksnap.report import CaptureReport
 
 _UUID4 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 _DIGEST = re.compile(r"blake3:[0-9a-f]{64}")
@@ -80,6 +81,9 @@ class DirectorySnapshot:
     return: the full catalogue entry the store committed (source, TTL, times), so
     nobody has to fetch it again. It is a moment's answer, not part of the record:
     ``to_dict``, equality and ``repr`` ignore it, and ``from_dict`` never sets it.
+
+    ``report`` is the capture report of the call that made the snapshot (``None``
+    on records read back or built by hand); it is not part of the portable record.
     """
 
     id: str
@@ -91,6 +95,7 @@ class DirectorySnapshot:
     # What the store said when it returned this handle (snapshot_directory,
     # import_tar). Not part of the record: never compared, printed or serialized.
     info: SnapshotInfo | None = field(default=None, compare=False, repr=False, kw_only=True)
+    report: CaptureReport | None = field(default=None, compare=False, repr=False, kw_only=True)
 
     def __post_init__(self) -> None:
         if not is_snapshot_id(self.id):

@@ -25,6 +25,8 @@ from docksnap.cli.exits import EXIT_CODES, ExitCode, exit_code_for
 from docksnap.cli.params import byte_size
 from docksnap.cli.progress import Meter
 from docksnap.cli.streams import read_chunks, replaced_atomically
+from docksnap.report import CaptureReport
+from docksnap.service.merge import Conflict
 from docksnap.store.base import SnapshotInfo, SnapshotSource
 from docksnap.tarstream import TarEntry, TarFormatError
 from tests.conformance.streams import build_tar
@@ -146,6 +148,9 @@ def test_describe_change() -> None:
         (errors.UnsafeArchiveError("../x", "climbs out"), 11),
         (TarFormatError(0, "truncated"), 11),
         (FileNotFoundError("x"), 14),
+        (errors.CaptureIncompleteError("/d", CaptureReport()), 15),
+        (errors.MergeConflictError([Conflict("a", "modify/modify")]), 16),
+        (errors.ImageNotFoundError("img", "x"), 17),
         (BrokenPipeError(), 141),
         (KeyboardInterrupt(), 130),
         (RuntimeError("bug"), 1),

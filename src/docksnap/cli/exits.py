@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import traceback
 from enum import IntEnum
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import click
 
@@ -34,6 +34,9 @@ class ExitCode(IntEnum):
     PROBLEMS_FOUND = 12
     START_FAILED = 13
     LOCAL_FILE = 14
+    CAPTURE_INCOMPLETE = 15
+    MERGE_CONFLICT = 16
+    IMAGE_NOT_FOUND = 17
     INTERRUPTED = 130
     BROKEN_PIPE = 141
 
@@ -50,6 +53,9 @@ EXIT_CODES: dict[type[BaseException], ExitCode] = {
     errors.SnapshotCorruptError: ExitCode.SNAPSHOT_CORRUPT,
     errors.StoreError: ExitCode.STORE,
     errors.DockerError: ExitCode.DOCKER,
+    errors.CaptureIncompleteError: ExitCode.CAPTURE_INCOMPLETE,
+    errors.MergeConflictError: ExitCode.MERGE_CONFLICT,
+    errors.ImageNotFoundError: ExitCode.IMAGE_NOT_FOUND,
     # A malformed or oversized tar stream is refused like an unsafe one: nothing stored.
     errors.UnsafeArchiveError: ExitCode.ARCHIVE_REFUSED,
     TarError: ExitCode.ARCHIVE_REFUSED,
@@ -88,6 +94,13 @@ _HINTS: dict[type[BaseException], str] = {
     errors.UnsafeArchiveError: "nothing was stored; fix or drop that member and import again",
     TarError: "nothing was stored; the input must be one complete, safe tar archive",
     KeyboardInterrupt: "operations in flight were rolled back; nothing half-made is visible",
+    errors.CaptureIncompleteError: (
+        "exclude what cannot be captured (--exclude), or drop --strict to store it with a report"
+    ),
+    errors.MergeConflictError: (
+        "choose a side with --on-conflict ours|theirs|both, or try --text-merge"
+    ),
+    errors.ImageNotFoundError: "pull or load that image on this engine first (`docker pull`)",
 }
 
 
@@ -116,6 +129,8 @@ def report(exc: BaseException, *, as_json: bool, verbose: int) -> ExitCode:
         exc.show()
     else:
         click.echo(f"docksnap: error: {message}", err=True)
+        for line in _detail_lines(exc):
+            click.echo(line, err=True)
         if hint:
             click.echo(f"hint: {hint}", err=True)
     if verbose:
@@ -126,9 +141,27 @@ def report(exc: BaseException, *, as_json: bool, verbose: int) -> ExitCode:
             "exit_code": int(code),
             "message": message,
             "hint": hint,
+            **_detail_document(exc),
         }
         click.echo(json.dumps({"error": document}, indent=2))
     return code
+
+
+def _detail_lines(exc: BaseException) -> list[str]:
+    """The full list behind errors that carry one (every conflict, every skipped member)."""
+    if isinstance(exc, errors.MergeConflictError):
+        return [f"  conflict {c.kind:<14} {c.path}" for c in exc.conflicts]
+    if isinstance(exc, errors.CaptureIncompleteError):
+        return [f"  {e.reason:<9} {e.path}  {e.detail}" for e in exc.report.entries]
+    return []
+
+
+def _detail_document(exc: BaseException) -> dict[str, Any]:
+    if isinstance(exc, errors.MergeConflictError):
+        return {"conflicts": [c.to_dict() for c in exc.conflicts]}
+    if isinstance(exc, errors.CaptureIncompleteError):
+        return {"report": exc.report.to_dict()}
+    return {}
 
 
 def _describe(exc: BaseException, code: ExitCode) -> tuple[str, str | None]:

@@ -6,7 +6,7 @@ import click
 
 from docksnap import __version__
 from docksnap.cli.app import App, DocksnapGroup, output_options, parse_pairs
-from docksnap.cli.commands import catalogue, containers, demo, transfer
+from docksnap.cli.commands import beyond, catalogue, containers, demo, transfer
 
 
 @click.group(
@@ -55,10 +55,12 @@ def cli(ctx: click.Context, docker_host: str | None, store: str | None, labels: 
 for command in (
     containers.run,
     containers.snapshot,
+    beyond.snapshot_container,
     catalogue.ls,
     catalogue.show,
     catalogue.files,
     catalogue.diff,
+    beyond.merge,
     catalogue.rm,
     catalogue.prune,
     catalogue.gc,

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from docksnap.model import SnapshotInfo
 from docksnap.service.archive import changed_fields
+from docksnap.report import CaptureReport
 from docksnap.tarstream import TarEntry
 
 _UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB")
@@ -116,7 +117,7 @@ def table(
     return [line(headers), *(line(r) for r in rows)]
 
 
-def snapshot_table(infos: Sequence[SnapshotInfo]) -> list[str]:
+def snapshot_table(infos: Sequence[SnapshotInfo], kinds: Sequence[str] | None = None) -> list[str]:
     rows = [
         [
             i.id,
@@ -128,7 +129,30 @@ def snapshot_table(infos: Sequence[SnapshotInfo]) -> list[str]:
         ]
         for i in infos
     ]
-    return table(["ID", "NAME", "DIR", "SIZE", "CREATED", "CONTAINER"], rows, frozenset({3}))
+    headers = ["ID", "NAME", "DIR", "SIZE", "CREATED", "CONTAINER"]
+    if kinds is not None:
+        headers.append("KIND")
+        for row, kind in zip(rows, kinds, strict=True):
+            row.append(kind)
+    return table(headers, rows, frozenset({3}))
+
+
+def report_line(report: CaptureReport) -> str:
+    """The one-line summary of a capture report printed after a snapshot."""
+    hint = "" if report.ok else " (`docksnap show ID --report` lists them)"
+    return f"capture: {report.summary()}{hint}"
+
+
+def report_lines(report: CaptureReport | None) -> list[str]:
+    """Every entry of a capture report, one per line."""
+    if report is None:
+        return ["capture report: none stored (the capture was complete)"]
+    lines = [f"capture report: {report.summary()}"]
+    lines += [f"  {e.reason:<9} {e.path}  {e.detail}" for e in report.entries]
+    if report.omitted:
+        lines.append(f"  ... and {report.omitted} more")
+    lines.append(f"  checked: {', '.join(report.checked) or '-'}")
+    return lines
 
 
 def image(name: str) -> str:

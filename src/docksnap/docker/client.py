@@ -127,7 +127,7 @@ class DockerClient:
         path: str,
         *,
         operation: str,
-        params: Mapping[str, str] | None = None,
+        params: Mapping[str, str | list[str]] | None = None,
         body: JSON | None = None,
         content: AsyncIterable[bytes] | None = None,
         headers: Mapping[str, str] | None = None,
@@ -351,6 +351,91 @@ class DockerClient:
             headers=headers,
         ) as response:
             await self._read_capped(response)
+
+    # -- filesystem changes and images (whole-container snapshots) ---------------
+
+    async def container_changes(self, container: str) -> list[JSON]:
+        """``GET /changes``: paths of the container's filesystem that differ from its image.
+
+        Each item is ``{"Path": "/abs", "Kind": 0|1|2}`` (modified, added, deleted).
+        Mounted volumes and bind mounts are not part of it. Read-only, idempotent.
+        """
+        result = await self._json(
+            "GET", f"/containers/{container}/changes", operation="list changes"
+        )
+        return list(result or [])
+
+    @asynccontextmanager
+    async def export_container(self, container: str) -> AsyncIterator[ArchiveStream]:
+        """Stream the container's whole filesystem (image plus changes) as a tar. Read-only."""
+        async with self._send(
+            "GET", f"/containers/{container}/export", operation="export container"
+        ) as response:
+            yield ArchiveStream(chunks=response.aiter_raw())
+
+    async def inspect_image(self, image: str) -> JSON | None:
+        """The image's description, or ``None`` when this engine does not have it."""
+        async with self._send(
+            "GET", f"/images/{image}/json", operation="inspect image", ok=(200, 404)
+        ) as response:
+            raw = await self._read_capped(response)
+            if response.status_code == 404:
+                return None
+        result: JSON = json.loads(raw)
+        return result
+
+    async def import_image(
+        self, tar: AsyncIterable[bytes], *, repo: str, changes: list[str]
+    ) -> str:
+        """``POST /images/create?fromSrc=-``: a one-layer image of ``tar``; return its id.
+
+        ``changes`` are Dockerfile instructions (CMD, ENV, LABEL ...) applied to
+        its config. The engine reports failures inside a 200 answer's JSON
+        stream; they are raised here as :class:`DockerError`. Not idempotent.
+        """
+        params: dict[str, str | list[str]] = {
+            "fromSrc": "-",
+            "repo": repo,
+            "tag": "latest",
+            "changes": changes,
+        }
+        async with self._send(
+            "POST",
+            "/images/create",
+            operation="import image",
+            params=params,
+            content=tar,
+            headers={"Content-Type": "application/x-tar"},
+        ) as response:
+            raw = await self._read_capped(response)
+        image_id = ""
+        for line in raw.decode(errors="replace").splitlines():
+            try:
+                item = json.loads(line)
+            except ValueError:
+                continue
+            if item.get("error"):
+                raise DockerError(500, str(item["error"]), operation="import image")
+            status = str(item.get("status", ""))
+            if status.startswith("sha256:"):
+                image_id = status
+        if not image_id:
+            raise DockerError(
+                500, f"no image id in the answer: {raw[:200]!r}", operation="import image"
+            )
+        return image_id
+
+    async def list_images(self, labels: Mapping[str, str]) -> list[JSON]:
+        """Images carrying every label in ``labels``."""
+        filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
+        result: list[JSON] = await self._json(
+            "GET", "/images/json", operation="list images", params={"filters": json.dumps(filters)}
+        )
+        return result
+
+    async def remove_image(self, image: str) -> None:
+        """Remove an image. Idempotent: a missing one is fine; one in use is a 409."""
+        await self._json("DELETE", f"/images/{image}", operation="remove image", ok=(200, 404))
 
 
 def _decode_stat(header: str) -> JSON:

@@ -18,6 +18,9 @@ from docksnap.model import DirectorySnapshot, SnapshotInfo, SnapshotSource, new_
 from docksnap.service import options
 from docksnap.service.archive import SnapshotDiff, checked_tar, diff_indexes
 from docksnap.service.progress import Operation, ProgressHook, Tracker, track
+from docksnap.report import CaptureReport
+from docksnap.service import metadata
+from docksnap.service.merge import MergeResult, merge_snapshots
 from docksnap.store.base import (
     GcReport,
     SnapshotStore,
@@ -127,7 +130,11 @@ class Catalogue:
 
     async def files(self, snapshot_id: str) -> Entries:
         """The snapshot's file index, in stream order."""
-        return await self._store.index(snapshot_id)
+        entries = await self._store.index(snapshot_id)
+        if len(entries) > 1 and entries[0].path == entries[-1].path == ".":
+            # The repeated root entry that carries a capture report is not a file.
+            entries.pop()
+        return entries
 
     async def diff(self, old_id: str, new_id: str) -> SnapshotDiff:
         """Files added, removed and changed from snapshot ``old_id`` to ``new_id``."""
@@ -199,6 +206,40 @@ class Catalogue:
             report = await copy_snapshot(self._store, target, snapshot_id)
             progress.done = report.bytes_copied
         return report
+
+    async def report(self, snapshot_id: str) -> CaptureReport | None:
+        """The capture report stored with a snapshot (``None``: nothing to report)."""
+        return await metadata.read_report(self._store, snapshot_id)
+
+    async def kind(self, snapshot: str | SnapshotInfo) -> str:
+        """``"directory"`` or ``"container"`` (a whole-container snapshot).
+
+        Only snapshots of ``/`` can be either; for those the index is read.
+        """
+        info = snapshot if isinstance(snapshot, SnapshotInfo) else await self._store.get(snapshot)
+        return await metadata.snapshot_kind(self._store, info)
+
+    async def merge(
+        self,
+        base: str | DirectorySnapshot,
+        ours: str | DirectorySnapshot,
+        theirs: str | DirectorySnapshot,
+        *,
+        name: str | None = None,
+        on_conflict: str = "fail",
+        text_merge: bool = False,
+        ttl: float | None = None,
+    ) -> MergeResult:
+        """Merge ``ours`` and ``theirs`` against ``base``: :mod:`docksnap.service.merge`."""
+        ids = [s.id if isinstance(s, DirectorySnapshot) else s for s in (base, ours, theirs)]
+        return await merge_snapshots(
+            self._store,
+            *ids,
+            name=name,
+            on_conflict=on_conflict,
+            text_merge=text_merge,
+            ttl=ttl,
+        )
 
     async def _sorted(self) -> Infos:
         return sorted(await self._store.list(), key=lambda i: (i.created_at, i.id), reverse=True)

@@ -41,6 +41,9 @@ from docksnap.model import (
 from docksnap.service import options
 from docksnap.service.progress import Operation, ProgressHook, track
 from docksnap.store import SnapshotStore, TarReader
+from docksnap.service import container_snapshot as cs
+from docksnap.service import excludes as excludes_mod
+from docksnap.service.capture import Capture, read_ignore_file
 from docksnap.tarstream import build_dirs_tar
 
 log = logging.getLogger(__name__)
@@ -100,6 +103,7 @@ class Container:
         env: Mapping[str, str] | None = None,
         enable_internet: bool = False,
         snapshots: Iterable[DirectorySnapshot | SnapshotRestore] = (),
+        container_snapshot: DirectorySnapshot | None = None,
     ) -> None:
         """Create the container, restore ``snapshots`` into it, then start it.
 
@@ -108,6 +112,10 @@ class Container:
         an unknown id fails first. If anything fails, the container and every
         volume made for it are removed before the error propagates: no container
         is left half-started.
+
+        ``container_snapshot`` (from :meth:`snapshot_container`) makes the
+        container's filesystem ``image`` plus that snapshot's changes, deleted
+        files included (:mod:`docksnap.service.container_snapshot`).
         """
         restores = _plan_restores(snapshots)
         config = _container_config(image, entrypoint, env, enable_internet)
@@ -116,7 +124,15 @@ class Container:
             await self._clear_previous()
             for snapshot_id in ids:
                 await self._store.get(snapshot_id)
+            for restore in restores:
+                await cs.refuse_as_directory_snapshot(self._store, restore.snapshot)
+            if container_snapshot is not None:
+                await self._store.get(container_snapshot.id)
             try:
+                if container_snapshot is not None:
+                    config["Image"] = await cs.image_with_snapshot(
+                        self._context, image, container_snapshot, owner=self.name
+                    )
                 await self._create_with_restores(image, config, restores)
                 await self._docker.start_container(self.name)
             except BaseException as exc:
@@ -171,6 +187,9 @@ class Container:
         pause: bool = True,
         size_limit: int | None = None,
         ttl: float | None = None,
+        exclude: Sequence[str] = (),
+        ignore_file: bool = False,
+        strict: bool = False,
     ) -> DirectorySnapshot:
         """Snapshot ``dir`` of the running container into the client's store.
 
@@ -178,7 +197,15 @@ class Container:
         consistent (as ``docker commit`` does); ``pause=False`` opts out. Going
         over ``size_limit`` bytes (default: the client's) stores nothing. The
         returned record's ``info`` is the catalogue entry the store committed.
+
+        ``exclude`` patterns (``.gitignore`` semantics, relative to ``dir``) and,
+        with ``ignore_file``, the lines of ``dir/.docksnapignore`` leave members
+        out: they are not stored and ``size`` is the filtered stream's length.
+        The result's ``report`` says what was not captured faithfully
+        (:mod:`docksnap.service.capture`); with ``strict`` any such member raises
+        :class:`~docksnap.errors.CaptureIncompleteError` and nothing is stored.
         """
+        patterns = excludes_mod.combine(exclude)
         path = normalize_path(dir, what="snapshot directory")
         name = options.snapshot_name(name)
         limit = options.size_limit(self._context.size_limit if size_limit is None else size_limit)
@@ -187,18 +214,62 @@ class Container:
             state = await self._require_running("snapshot_directory()")
             record = DirectorySnapshot(id=new_snapshot_id(), size=0, dir=path, name=name)
             source = SnapshotSource(self.name, str(state.get("Image", "")))
+            paused = pause or bool(state.get("Paused"))
             async with self._paused(pause and not state.get("Paused")) as unpause:
                 archive_path = "/." if path == "/" else path + "/."
                 try:
+                    if ignore_file:
+                        patterns += await read_ignore_file(self._docker, self.name, path)
+                    capture = Capture(
+                        self._docker,
+                        self.name,
+                        path,
+                        excludes=excludes_mod.Excludes(patterns) if patterns else None,
+                        paused=paused,
+                        strict=strict,
+                    )
                     with track(self._context.progress, Operation.SNAPSHOT, record.id) as progress:
                         async with self._docker.get_archive(self.name, archive_path) as archive:
-                            stream = _limited(progress.stream(archive.chunks), limit, path, unpause)
+                            source_stream = progress.stream(archive.chunks)
+                            captured = capture.stream(source_stream, on_source_end=unpause)
+                            stream = _limited(captured, limit, path, unpause)
                             info = await self._store.save(record, stream, source=source, ttl=ttl)
                 except DockerError as exc:
                     if exc.status == 404 and exc.operation == "read archive":
                         raise DirectoryNotFoundError(self.name, path) from exc
                     raise
-        return dataclasses.replace(info.snapshot, info=info)
+        return dataclasses.replace(info.snapshot, info=info, report=capture.report)
+
+    async def snapshot_container(
+        self,
+        *,
+        name: str | None = None,
+        pause: bool = True,
+        strict: bool = False,
+        size_limit: int | None = None,
+        ttl: float | None = None,
+    ) -> DirectorySnapshot:
+        """Snapshot the container's filesystem changes against its image (added,
+        changed and deleted files); volumes are not included. The result restores
+        with ``start(image, container_snapshot=...)``. Pausing, ``strict``,
+        ``size_limit`` and ``ttl`` work as in :meth:`snapshot_directory`.
+        """
+        name = options.snapshot_name(name)
+        limit = options.size_limit(self._context.size_limit if size_limit is None else size_limit)
+        ttl = options.ttl(ttl)
+        async with self._turn:
+            state = await self._require_running("snapshot_container()")
+            async with self._paused(pause and not state.get("Paused")) as unpause:
+                return await cs.capture_container(
+                    self._context,
+                    self.name,
+                    name=name,
+                    paused=pause or bool(state.get("Paused")),
+                    strict=strict,
+                    limit_stream=lambda stream: _limited(stream, limit, "/", unpause),
+                    unpause=unpause,
+                    ttl=ttl,
+                )
 
     # -- internals --------------------------------------------------------------------
 
@@ -333,6 +404,7 @@ class Container:
         """
         for attempt in range(_CLEANUP_ATTEMPTS):
             await self._docker.remove_container(self.name)
+            await cs.remove_owned_images(self._docker, self.name)
             volumes = await self._docker.list_volumes(
                 {lbl.ROLE: str(lbl.Role.RESTORE), lbl.OWNER: self.name}
             )

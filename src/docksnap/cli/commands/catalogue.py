@@ -38,64 +38,85 @@ def ls(app: App, name: str | None, container: str | None, directory: str | None)
             info
             async for info in client.snapshots.list(name=name, container=container, dir=directory)
         ]
-        lines = render.snapshot_table(infos) if infos else ["no snapshots"]
-        return Result([shapes.info(i) for i in infos], lines, [i.id for i in infos])
+        kinds = [await client.snapshots.kind(i) for i in infos]
+        lines = render.snapshot_table(infos, kinds) if infos else ["no snapshots"]
+        document = [{**shapes.info(i), "kind": k} for i, k in zip(infos, kinds, strict=True)]
+        return Result(document, lines, [i.id for i in infos])
 
     app.run(body)
 
 
 @click.command()
 @click.argument("snapshot_id", metavar="ID")
+@click.option(
+    "--report",
+    "with_report",
+    is_flag=True,
+    help="Also list what the capture did not take faithfully (reads the whole snapshot).",
+)
 @output_options
 @pass_app
-def show(app: App, snapshot_id: str) -> None:
+def show(app: App, snapshot_id: str, with_report: bool) -> None:
     """Show a snapshot: its record, source, times and first files.
 
     \b
     Example:
-      docksnap show 3f2a9c1e-0b7d-4c55-9a57-1f0e4d2b8a61
+      docksnap show 3f2a9c1e-0b7d-4c55-9a57-1f0e4d2b8a61 --report
     """
 
     async def body(client: Client, meter: Meter) -> Result:
-        info = await client.snapshots.get(snapshot_id)
-        files = await client.snapshots.files(snapshot_id)
-        source = info.source
-        ttl = (
-            "-"
-            if info.ttl is None
-            else (
-                f"{render.duration(info.ttl)} of disuse (expires "
-                f"{render.local_time(info.last_used_at + info.ttl)})"
-            )
-        )
-        shown = min(len(files), SHOW_FILES)
-        lines = render.key_values(
-            [
-                ("id", info.id),
-                ("name", info.name or "-"),
-                ("dir", info.dir),
-                ("size", f"{render.size(info.size)} ({info.size} bytes)"),
-                ("digest", info.snapshot.digest or "-"),
-                ("container", (source.container if source else "") or "-"),
-                ("image", render.image((source.image if source else "") or "-")),
-                ("created", render.local_time(info.created_at)),
-                ("last used", render.local_time(info.last_used_at)),
-                ("ttl", ttl),
-                (
-                    "files",
-                    f"{len(files)} entries"
-                    + (
-                        f", the first {shown} shown (`docksnap files ID` lists all)"
-                        if shown < len(files)
-                        else ""
-                    ),
-                ),
-            ]
-        )
-        lines += render.file_lines(files[:shown], prefix="  ")
-        return Result(shapes.show(info, files, SHOW_FILES), lines, [info.id])
+        result = await _show(client, snapshot_id)
+        if not with_report:
+            return result
+        report = await client.snapshots.report(snapshot_id)
+        document = {**result.document, "report": report.to_dict() if report else None}
+        return Result(document, [*result.lines, *render.report_lines(report)], result.quiet_lines)
 
     app.run(body)
+
+
+async def _show(client: Client, snapshot_id: str) -> Result:
+    """The record, source, times, kind and first files of one snapshot."""
+    info = await client.snapshots.get(snapshot_id)
+    files = await client.snapshots.files(snapshot_id)
+    source = info.source
+    ttl = (
+        "-"
+        if info.ttl is None
+        else (
+            f"{render.duration(info.ttl)} of disuse (expires "
+            f"{render.local_time(info.last_used_at + info.ttl)})"
+        )
+    )
+    shown = min(len(files), SHOW_FILES)
+    kind = await client.snapshots.kind(info)
+    lines = render.key_values(
+        [
+            ("id", info.id),
+            ("name", info.name or "-"),
+            ("kind", kind),
+            ("dir", info.dir),
+            ("size", f"{render.size(info.size)} ({info.size} bytes)"),
+            ("digest", info.snapshot.digest or "-"),
+            ("container", (source.container if source else "") or "-"),
+            ("image", render.image((source.image if source else "") or "-")),
+            ("created", render.local_time(info.created_at)),
+            ("last used", render.local_time(info.last_used_at)),
+            ("ttl", ttl),
+            (
+                "files",
+                f"{len(files)} entries"
+                + (
+                    f", the first {shown} shown (`docksnap files ID` lists all)"
+                    if shown < len(files)
+                    else ""
+                ),
+            ),
+        ]
+    )
+    lines += render.file_lines(files[:shown], prefix="  ")
+    document = {**shapes.show(info, files, SHOW_FILES), "kind": kind}
+    return Result(document, lines, [info.id])
 
 
 def _relative(path: str, snapshot_dir: str) -> str:

@@ -14,8 +14,9 @@ from docksnap.cli.app import App, Result, output_options, pass_app
 from docksnap.cli.params import SECONDS, byte_size
 from docksnap.cli.progress import Meter
 from docksnap.errors import ContainerNotRunningError
-from docksnap.model import SnapshotRestore
+from docksnap.model import DirectorySnapshot, SnapshotRestore
 from docksnap.service.client import Client
+from docksnap.service.excludes import combine
 
 
 def _restore_spec(text: str) -> tuple[str, str | None]:
@@ -56,6 +57,12 @@ def _env(items: tuple[str, ...]) -> dict[str, str]:
     "-e", "--env", multiple=True, metavar="KEY=VALUE", help="Environment variable. Repeatable."
 )
 @click.option("--internet", is_flag=True, help="Give the container network access.")
+@click.option(
+    "--from-container-snapshot",
+    "container_snapshot_id",
+    metavar="ID",
+    help="Start from IMAGE plus this whole-container snapshot (deleted files stay deleted).",
+)
 @output_options
 @pass_app
 def run(
@@ -67,6 +74,7 @@ def run(
     merge: bool,
     env: tuple[str, ...],
     internet: bool,
+    container_snapshot_id: str | None,
 ) -> None:
     """Start a named container with snapshots restored into it.
 
@@ -89,6 +97,9 @@ def run(
             SnapshotRestore(records[snapshot_id], mount_point=mount_point, merge=merge)
             for snapshot_id, mount_point in specs
         ]
+        whole = None
+        if container_snapshot_id is not None:
+            whole = (await client.snapshots.get(container_snapshot_id)).snapshot
         started = time.monotonic()
         with meter.activity(f"starting {name}"):
             await client.container(name).start(
@@ -97,6 +108,7 @@ def run(
                 env=environment,
                 enable_internet=internet,
                 snapshots=plan,
+                container_snapshot=whole,
             )
         elapsed = time.monotonic() - started
         document = {
@@ -107,7 +119,13 @@ def run(
                 for r in plan
             ],
         }
-        lines = [f"started {name} from {image} in {elapsed:.2f} s"] + [
+        if whole is not None:
+            document["container_snapshot"] = whole.id
+        lines = [
+            f"started {name} from {image}"
+            + (f" + container snapshot {whole.id}" if whole is not None else "")
+            + f" in {elapsed:.2f} s"
+        ] + [
             f"  restored {r.snapshot.id} ({render.size(r.snapshot.size)}) at {r.target}"
             + (" (merged)" if r.merge else "")
             for r in plan
@@ -138,6 +156,31 @@ def run(
     metavar="SIZE",
     help="Refuse a directory whose tar stream is larger (e.g. 2GiB). [default: 16GiB]",
 )
+@click.option(
+    "--exclude",
+    "excludes",
+    multiple=True,
+    metavar="PATTERN",
+    help="Leave out paths matching PATTERN (.gitignore syntax, relative to DIR). Repeatable.",
+)
+@click.option(
+    "--exclude-from",
+    "exclude_files",
+    multiple=True,
+    type=click.Path(dir_okay=False),
+    metavar="FILE",
+    help="Read exclude patterns from a local FILE, one per line. Repeatable.",
+)
+@click.option(
+    "--ignore-file",
+    is_flag=True,
+    help="Also honour DIR/.docksnapignore inside the container.",
+)
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="Store nothing if anything cannot be captured faithfully (see `show --report`).",
+)
 @output_options
 @pass_app
 def snapshot(
@@ -148,30 +191,50 @@ def snapshot(
     no_pause: bool,
     ttl: float | None,
     size_limit: int | None,
+    excludes: tuple[str, ...],
+    exclude_files: tuple[str, ...],
+    ignore_file: bool,
+    strict: bool,
 ) -> None:
     """Snapshot a directory of a running container into the store.
 
     \b
     Example:
-      docksnap snapshot box /work --name after-step-3
+      docksnap snapshot box /work --name after-step-3 --exclude 'node_modules/' --exclude '*.log'
     """
+    patterns = combine(excludes, exclude_files)
 
     async def body(client: Client, meter: Meter) -> Result:
         started = time.monotonic()
         snap = await client.container(container).snapshot_directory(
-            directory, name=name, pause=not no_pause, ttl=ttl, size_limit=size_limit
+            directory,
+            name=name,
+            pause=not no_pause,
+            ttl=ttl,
+            size_limit=size_limit,
+            exclude=patterns,
+            ignore_file=ignore_file,
+            strict=strict,
         )
         elapsed = time.monotonic() - started
-        info = snap.info
-        assert info is not None  # always set on the record the library just committed
-        lines = [
-            *render.snapshot_table([info]),
-            f"saved {render.size(snap.size)} in {elapsed:.2f} s"
-            f" ({render.size(snap.size / max(elapsed, 1e-6))}/s)",
-        ]
-        return Result(shapes.info(info), lines, [snap.id])
+        return await saved_result(client, snap, elapsed)
 
     app.run(body)
+
+
+async def saved_result(client: Client, snap: DirectorySnapshot, elapsed: float) -> Result:
+    """What `snapshot` and `snapshot-container` print: the record, speed and report line."""
+    info = snap.info or await client.snapshots.get(snap.id)
+    lines = [
+        *render.snapshot_table([info]),
+        f"saved {render.size(snap.size)} in {elapsed:.2f} s"
+        f" ({render.size(snap.size / max(elapsed, 1e-6))}/s)",
+    ]
+    document = shapes.info(info)
+    if snap.report is not None:
+        lines.append(render.report_line(snap.report))
+        document["report"] = snap.report.to_dict()
+    return Result(document, lines, [snap.id])
 
 
 @click.command()
