@@ -12,6 +12,7 @@ carries no such entry and stays byte for byte what the engine sent.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,7 +114,7 @@ class CaptureReport:
         return {PAX_KEY: json.dumps(self.to_dict(), separators=(",", ":"))}
 
     @classmethod
-    def from_pax(cls, records: dict[str, str]) -> CaptureReport | None:
+    def from_pax(cls, records: Mapping[str, str]) -> CaptureReport | None:
         """The report stored in pax records, or ``None`` when there is none."""
         raw = records.get(PAX_KEY)
         if raw is None:

@@ -6,6 +6,7 @@ import asyncio
 import io
 import os
 import tarfile
+from typing import Any
 
 import pytest
 
@@ -50,7 +51,7 @@ async def assert_changes_applied(client: docksnap.Client, name: str) -> None:
     assert await read_file(client, name, "/opt/app/new.txt") == b"added\n"
 
 
-async def owned_images(client: docksnap.Client, owner: str) -> list[object]:
+async def owned_images(client: docksnap.Client, owner: str) -> list[dict[str, Any]]:
     return await client.docker.list_images({"io.docksnap.container": owner})
 
 

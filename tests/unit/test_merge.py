@@ -19,7 +19,7 @@ from docksnap.model import DirectorySnapshot, new_snapshot_id
 from docksnap.service.merge import merge_snapshots
 from docksnap.store.base import SnapshotSource
 from docksnap.store.chunked import ChunkedStore
-from docksnap.store.local import LocalObjectStore
+from docksnap.store.objects.local import LocalObjectStore
 from tests.conformance.streams import build_tar, pieces
 
 SOURCE = SnapshotSource("merge-test", "docksnap-test:latest")

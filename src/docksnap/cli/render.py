@@ -12,8 +12,8 @@ import time
 from collections.abc import Sequence
 
 from docksnap.model import SnapshotInfo
-from docksnap.service.archive import changed_fields
 from docksnap.report import CaptureReport
+from docksnap.service.archive import changed_fields
 from docksnap.tarstream import TarEntry
 
 _UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB")

@@ -15,12 +15,11 @@ from itertools import groupby
 
 from docksnap.errors import InvalidArgumentError
 from docksnap.model import DirectorySnapshot, SnapshotInfo, SnapshotSource, new_snapshot_id
-from docksnap.service import options
-from docksnap.service.archive import SnapshotDiff, checked_tar, diff_indexes
-from docksnap.service.progress import Operation, ProgressHook, Tracker, track
 from docksnap.report import CaptureReport
-from docksnap.service import metadata
+from docksnap.service import metadata, options
+from docksnap.service.archive import SnapshotDiff, checked_tar, diff_indexes
 from docksnap.service.merge import MergeResult, merge_snapshots
+from docksnap.service.progress import Operation, ProgressHook, Tracker, track
 from docksnap.store.base import (
     GcReport,
     SnapshotStore,

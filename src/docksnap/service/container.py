@@ -38,12 +38,12 @@ from docksnap.model import (
     new_snapshot_id,
     normalize_path,
 )
-from docksnap.service import options
-from docksnap.service.progress import Operation, ProgressHook, track
-from docksnap.store import SnapshotStore, TarReader
 from docksnap.service import container_snapshot as cs
 from docksnap.service import excludes as excludes_mod
+from docksnap.service import options
 from docksnap.service.capture import Capture, read_ignore_file
+from docksnap.service.progress import Operation, ProgressHook, track
+from docksnap.store import SnapshotStore, TarReader
 from docksnap.tarstream import build_dirs_tar
 
 log = logging.getLogger(__name__)
