@@ -7,6 +7,7 @@ runs. A Python implementation of workerd's containers snapshot API.
 
 from docksnap.docker import ArchiveStream, DockerClient
 from docksnap.errors import (
+    CaptureIncompleteError,
     ContainerAlreadyRunningError,
     ContainerError,
     ContainerNotFoundError,
@@ -16,9 +17,11 @@ from docksnap.errors import (
     DockerError,
     DockerUnavailableError,
     DocksnapError,
+    ImageNotFoundError,
     InvalidArgumentError,
     InvalidPathError,
     InvalidSnapshotError,
+    MergeConflictError,
     SnapshotCorruptError,
     SnapshotNotFoundError,
     SnapshotTooLargeError,
@@ -28,9 +31,11 @@ from docksnap.errors import (
     UnsafeArchiveError,
 )
 from docksnap.model import DirectorySnapshot, SnapshotInfo, SnapshotRestore, SnapshotSource
+from docksnap.report import CaptureReport, ReportEntry
 from docksnap.service import Catalogue, Client, Container
 from docksnap.service.archive import FileChange, SnapshotDiff
 from docksnap.service.container import ContainerContext
+from docksnap.service.merge import Conflict, MergeResult
 from docksnap.service.progress import Operation, Phase, ProgressEvent, ProgressHook
 from docksnap.store.base import (
     GcReport,
@@ -47,8 +52,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ArchiveStream",
+    "CaptureIncompleteError",
+    "CaptureReport",
     "Catalogue",
     "Client",
+    "Conflict",
     "Container",
     "ContainerAlreadyRunningError",
     "ContainerContext",
@@ -65,14 +73,18 @@ __all__ = [
     "DocksnapError",
     "FileChange",
     "GcReport",
+    "ImageNotFoundError",
     "InvalidArgumentError",
     "InvalidPathError",
     "InvalidSnapshotError",
+    "MergeConflictError",
+    "MergeResult",
     "Operation",
     "Phase",
     "Problem",
     "ProgressEvent",
     "ProgressHook",
+    "ReportEntry",
     "SnapshotCorruptError",
     "SnapshotDiff",
     "SnapshotInfo",
