@@ -190,9 +190,11 @@ def _check_kernel_limits(entry: TarEntry) -> None:
             raise UnsafeArchiveError(
                 entry.path, f"{what} has a component longer than {NAME_MAX} bytes"
             )
-    for what, value in (("uid", entry.uid), ("gid", entry.gid)):
-        if not 0 <= value < ID_LIMIT:
-            raise UnsafeArchiveError(entry.path, f"{what} {value} does not fit the kernel's {what}")
+    for name, number in (("uid", entry.uid), ("gid", entry.gid)):
+        if not 0 <= number < ID_LIMIT:
+            raise UnsafeArchiveError(
+                entry.path, f"{name} {number} does not fit the kernel's {name}"
+            )
 
 
 def _check_symlink_target(entry: TarEntry, parts: list[str]) -> None:
