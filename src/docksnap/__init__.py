@@ -7,6 +7,7 @@ runs. A Python implementation of workerd's containers snapshot API.
 
 from docksnap.docker import ArchiveStream, DockerClient
 from docksnap.errors import (
+    AmbiguousSnapshotError,
     ContainerAlreadyRunningError,
     ContainerError,
     ContainerNotFoundError,
@@ -41,11 +42,13 @@ from docksnap.store.base import (
     VerifyReport,
 )
 from docksnap.store.copy import CopyReport
+from docksnap.sync import SyncClient
 from docksnap.tarstream import TarEntry, TarError, TarFormatError, TarLimitError
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AmbiguousSnapshotError",
     "ArchiveStream",
     "Catalogue",
     "Client",
@@ -85,6 +88,7 @@ __all__ = [
     "StoreFormatError",
     "StoreStats",
     "StoreUnavailableError",
+    "SyncClient",
     "TarEntry",
     "TarError",
     "TarFormatError",

@@ -8,6 +8,7 @@ already catches ``ValueError`` keeps working::
     ├── InvalidArgumentError (ValueError)
     │   ├── InvalidPathError             a path that is relative, has NUL, or climbs above /
     │   ├── InvalidSnapshotError         a snapshot record that fails validation
+    │   ├── AmbiguousSnapshotError       an id prefix that matches several snapshots
     │   └── UnsafeArchiveError           a tar member that could escape its directory
     │       └── AmbiguousArchiveError    tar readers disagree on a member (docksnap.tarstream)
     ├── ContainerError                   (.container: the container's name)
@@ -72,6 +73,19 @@ class InvalidSnapshotError(InvalidArgumentError):
         super().__init__(f"invalid snapshot {field} {value!r}: {reason}")
         self.field = field
         self.value = value
+
+
+class AmbiguousSnapshotError(InvalidArgumentError):
+    """A snapshot reference (an id prefix) matches more than one snapshot."""
+
+    def __init__(self, reference: str, candidates: list[str]) -> None:
+        shown = ", ".join(candidates[:10]) + (", ..." if len(candidates) > 10 else "")
+        super().__init__(
+            f"snapshot reference {reference!r} is ambiguous: {len(candidates)} snapshots "
+            f"match ({shown})"
+        )
+        self.reference = reference
+        self.candidates = candidates
 
 
 class UnsafeArchiveError(InvalidArgumentError):

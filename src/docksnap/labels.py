@@ -16,6 +16,7 @@ ROLE = PREFIX + "role"
 OWNER = PREFIX + "container"  # the app container a restore volume belongs to
 SNAPSHOT_ID = PREFIX + "snapshot-id"
 CREATED_AT = PREFIX + "created-at"  # Unix seconds, decimal
+RESTORED = PREFIX + "restored"  # on an app container: JSON {target: snapshot id}
 
 
 class Role(StrEnum):

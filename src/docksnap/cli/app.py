@@ -98,6 +98,15 @@ def _set_flag(name: str) -> Callable[[click.Context, click.Parameter, Any], None
 
 def output_options(command: _F) -> _F:
     """``--json``, ``-q`` and ``-v``, accepted after the subcommand as well as before it."""
+    return _output_options(command, ("-v", "--verbose"))
+
+
+def output_options_without_v(command: _F) -> _F:
+    """For ``run``, where ``-v`` means ``--volume`` as in ``docker run``: ``--verbose`` only."""
+    return _output_options(command, ("--verbose",))
+
+
+def _output_options(command: _F, verbose_flags: tuple[str, ...]) -> _F:
     for decorator in (
         click.option(
             "--json",
@@ -115,8 +124,7 @@ def output_options(command: _F) -> _F:
             help="No progress; print only ids.",
         ),
         click.option(
-            "-v",
-            "--verbose",
+            *verbose_flags,
             count=True,
             expose_value=False,
             callback=_set_flag("verbose"),

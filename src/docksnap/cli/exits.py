@@ -77,6 +77,9 @@ _HINTS: dict[type[BaseException], str] = {
     errors.SnapshotNotFoundError: (
         "`docksnap ls` lists this store's snapshots; --store / DOCKSNAP_STORE selects another"
     ),
+    errors.AmbiguousSnapshotError: (
+        "give more characters of the id (`docksnap ls --no-trunc` shows them whole)"
+    ),
     errors.SnapshotTooLargeError: "snapshot a smaller directory, or raise --size-limit",
     errors.SnapshotCorruptError: (
         "`docksnap verify` lists every damaged snapshot; remove it with `docksnap rm ID`"

@@ -55,6 +55,7 @@ def cli(ctx: click.Context, docker_host: str | None, store: str | None, labels: 
 for command in (
     containers.run,
     containers.snapshot,
+    containers.restore,
     catalogue.ls,
     catalogue.show,
     catalogue.files,

@@ -258,6 +258,19 @@ class DockerClient:
             ok=(204, 404),
         )
 
+    # -- networks ---------------------------------------------------------------
+
+    async def inspect_network(self, name: str) -> JSON | None:
+        """The network's description, or ``None`` when it does not exist. Read-only."""
+        async with self._send(
+            "GET", f"/networks/{name}", operation="inspect network", ok=(200, 404)
+        ) as response:
+            raw = await self._read_capped(response)
+            if response.status_code == 404:
+                return None
+        result: JSON = json.loads(raw)
+        return result
+
     # -- volumes ----------------------------------------------------------------
 
     async def create_volume(self, name: str, labels: Mapping[str, str]) -> None:

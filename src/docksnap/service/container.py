@@ -10,11 +10,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
+import os
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from docksnap import labels as lbl
@@ -38,7 +42,7 @@ from docksnap.model import (
     new_snapshot_id,
     normalize_path,
 )
-from docksnap.service import options
+from docksnap.service import options, runopts
 from docksnap.service.progress import Operation, ProgressHook, track
 from docksnap.store import SnapshotStore, TarReader
 from docksnap.tarstream import build_dirs_tar
@@ -90,6 +94,17 @@ class Container:
         self.running = bool(state and state.get("Running"))
         return self.running
 
+    async def describe(self) -> str:
+        """The container's state in words, as messages show it; updates ``running``.
+
+        ``running``, ``paused``, ``exited 3 s ago, code 0``, ``created, never
+        started``. :class:`ContainerNotFoundError` if there is no such container.
+        """
+        state = await self._require_exists()
+        if state.get("Paused"):
+            return "paused"
+        return "running" if self.running else describe_stopped(state)
+
     # -- lifecycle ------------------------------------------------------------------
 
     async def start(
@@ -100,6 +115,18 @@ class Container:
         env: Mapping[str, str] | None = None,
         enable_internet: bool = False,
         snapshots: Iterable[DirectorySnapshot | SnapshotRestore] = (),
+        command: Sequence[str] | None = None,
+        env_file: str | os.PathLike[str] | None = None,
+        publish: Sequence[str] = (),
+        volumes: Sequence[str] = (),
+        user: str | None = None,
+        workdir: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        network: str | None = None,
+        memory: str | int | None = None,
+        cpus: float | str | None = None,
+        restart: str | None = None,
+        remove: bool = False,
     ) -> None:
         """Create the container, restore ``snapshots`` into it, then start it.
 
@@ -108,22 +135,54 @@ class Container:
         an unknown id fails first. If anything fails, the container and every
         volume made for it are removed before the error propagates: no container
         is left half-started.
+
+        The other keywords are ``docker run``'s options, in its value formats
+        (see :mod:`docksnap.service.runopts`): ``command`` (the arguments after
+        the image, given to ``entrypoint``), ``env_file`` (read before ``env``,
+        which wins), ``publish=["127.0.0.1:8080:80"]``, ``volumes=["/host:/ctr:ro",
+        "name:/data"]``, ``user``, ``workdir``, ``labels``, ``network`` (by default
+        ``"none"``, or the engine's bridge with ``enable_internet``),
+        ``memory="512m"``, ``cpus=1.5``, ``restart="on-failure:3"`` and ``remove``
+        (docker's ``--rm``). Publishing a port needs a network that can publish.
+        A restore's target may not overlap a ``volumes`` target: its data would
+        land in the bind source or the named volume.
         """
         restores = _plan_restores(snapshots)
-        config = _container_config(image, entrypoint, env, enable_internet)
+        run = runopts.run_options(
+            command=command,
+            publish=publish,
+            volumes=volumes,
+            user=user,
+            workdir=workdir,
+            labels=labels,
+            network=network,
+            memory=memory,
+            cpus=cpus,
+            restart=restart,
+            remove=remove,
+        )
+        _check_network(run, enable_internet)
+        _check_overlaps(restores, run.volume_targets)
+        environment = {**(runopts.read_env_file(env_file) if env_file else {}), **(env or {})}
+        config = _container_config(image, entrypoint, environment, enable_internet)
+        run.apply(config)
+        if run.publish:
+            await self._check_can_publish(run.network or "bridge")
         ids = list(dict.fromkeys(r.snapshot.id for r in restores))
         async with self._turn:
             await self._clear_previous()
             for snapshot_id in ids:
                 await self._store.get(snapshot_id)
             try:
-                await self._create_with_restores(image, config, restores)
+                await self._create_with_restores(image, config, restores, run.labels)
                 await self._docker.start_container(self.name)
             except BaseException as exc:
                 await asyncio.shield(self._remove_everything())
                 if isinstance(exc, DockerError) and exc.operation == "start container":
                     raise ContainerStartError(
-                        self.name, f"container {self.name!r} failed to start: {exc.message}"
+                        self.name,
+                        f"container {self.name!r} failed to start: {exc.message}"
+                        + _network_advice(exc.message),
                     ) from exc
                 raise
             self.running = True
@@ -147,7 +206,7 @@ class Container:
         """Send signal number ``signo`` to the container's main process."""
         options.signal_number(signo)
         async with self._turn:
-            await self._require_running("signal()")
+            await self._require_running()
             try:
                 await self._docker.kill_container(self.name, signo)
             except DockerError as exc:
@@ -172,11 +231,13 @@ class Container:
         size_limit: int | None = None,
         ttl: float | None = None,
     ) -> DirectorySnapshot:
-        """Snapshot ``dir`` of the running container into the client's store.
+        """Snapshot ``dir`` of the container into the client's store.
 
-        The container is paused while its archive is read, so the snapshot is
-        consistent (as ``docker commit`` does); ``pause=False`` opts out. Going
-        over ``size_limit`` bytes (default: the client's) stores nothing. The
+        A running container is paused while its archive is read, so the snapshot
+        is consistent (as ``docker commit`` does); ``pause=False`` opts out. A
+        stopped (exited or created) container is read as it is, as ``docker cp``
+        does: there is nothing to pause, which is logged. Going over
+        ``size_limit`` bytes (default: the client's) stores nothing. The
         returned record's ``info`` is the catalogue entry the store committed.
         """
         path = normalize_path(dir, what="snapshot directory")
@@ -184,10 +245,12 @@ class Container:
         limit = options.size_limit(self._context.size_limit if size_limit is None else size_limit)
         ttl = options.ttl(ttl)
         async with self._turn:
-            state = await self._require_running("snapshot_directory()")
+            state = await self._require_exists()
+            if not self.running:
+                log.info("container %r is %s: not paused", self.name, describe_stopped(state))
             record = DirectorySnapshot(id=new_snapshot_id(), size=0, dir=path, name=name)
             source = SnapshotSource(self.name, str(state.get("Image", "")))
-            async with self._paused(pause and not state.get("Paused")) as unpause:
+            async with self._paused(pause and self.running and not state.get("Paused")) as unpause:
                 archive_path = "/." if path == "/" else path + "/."
                 try:
                     with track(self._context.progress, Operation.SNAPSHOT, record.id) as progress:
@@ -200,7 +263,67 @@ class Container:
                     raise
         return dataclasses.replace(info.snapshot, info=info)
 
+    async def restore(
+        self,
+        snapshots: Iterable[DirectorySnapshot | SnapshotRestore],
+        *,
+        force: bool = False,
+    ) -> list[SnapshotRestore]:
+        """Extract ``snapshots`` into this existing container, which anyone may have made.
+
+        Merge semantics, always: files are extracted over the container's own
+        (``docker cp`` style, through the archive API), parent target first;
+        files the snapshot lacks stay, since masking a directory needs a mount
+        that only ``start()`` can add. Meant for a created or stopped container;
+        a running one is refused with :class:`ContainerAlreadyRunningError`
+        unless ``force=True`` (a warning is logged: its programs may see files
+        change under them). Unknown ids fail before anything is written. Not
+        atomic: a failure midway leaves what was extracted so far, in a
+        container docksnap does not own and so never removes. Returns the plan
+        that was applied.
+        """
+        restores = [
+            SnapshotRestore(r.snapshot, mount_point=r.mount_point, merge=True)
+            for r in _plan_restores(snapshots)
+        ]
+        async with self._turn:
+            await self._require_exists()
+            if self.running and not force:
+                raise ContainerAlreadyRunningError(
+                    self.name,
+                    f"container {self.name!r} is running; restoring into it changes files "
+                    "under its programs (force=True to do it anyway)",
+                )
+            if self.running:
+                log.warning(
+                    "restoring into running container %r: its programs may see files "
+                    "change under them",
+                    self.name,
+                )
+            ids = list(dict.fromkeys(r.snapshot.id for r in restores))
+            for snapshot_id in ids:
+                await self._store.get(snapshot_id)
+            for restore in restores:
+                await self._merge_into_container(restore)
+        now = time.time()
+        for snapshot_id in ids:
+            await self._store.touch(snapshot_id, now)
+        return restores
+
     # -- internals --------------------------------------------------------------------
+
+    async def _check_can_publish(self, network: str) -> None:
+        info = await self._docker.inspect_network(network)
+        if info is None:
+            raise InvalidArgumentError(
+                f"network {network!r} does not exist on this engine, so ports cannot be "
+                "published; create a bridge network (`docker network create NAME`) and use it"
+            )
+        if info.get("Driver") in ("null", "host"):
+            raise InvalidArgumentError(
+                f"network {network!r} (driver {info.get('Driver')}) cannot publish ports; "
+                "use a bridge network"
+            )
 
     async def _state(self) -> dict[str, Any] | None:
         try:
@@ -214,18 +337,24 @@ class Container:
         state["Labels"] = (info.get("Config") or {}).get("Labels") or {}
         return state
 
-    async def _require_running(self, operation: str) -> dict[str, Any]:
+    async def _require_running(self) -> dict[str, Any]:
+        state = await self._require_exists()
+        if not self.running:
+            raise ContainerNotRunningError(
+                self.name, f"container {self.name!r} is not running ({describe_stopped(state)})"
+            )
+        return state
+
+    async def _require_exists(self) -> dict[str, Any]:
         state = await self._state()
         self.running = bool(state and state.get("Running"))
-        if not self.running or state is None:
-            raise ContainerNotRunningError(
-                self.name, f"{operation} requires a running container; {self.name!r} is not running"
-            )
+        if state is None:
+            raise ContainerNotFoundError(self.name, f"no such container {self.name!r}")
         return state
 
     def _not_found(self, exc: DockerError) -> Exception:
         if exc.status == 404:
-            return ContainerNotFoundError(self.name, f"no container named {self.name!r}")
+            return ContainerNotFoundError(self.name, f"no such container {self.name!r}")
         return exc
 
     @contextlib.asynccontextmanager
@@ -258,7 +387,11 @@ class Container:
         await self._remove_everything()
 
     async def _create_with_restores(
-        self, image: str, config: dict[str, Any], restores: list[SnapshotRestore]
+        self,
+        image: str,
+        config: dict[str, Any],
+        restores: list[SnapshotRestore],
+        user_labels: Mapping[str, str],
     ) -> None:
         mounts = []
         for restore in restores:
@@ -273,7 +406,13 @@ class Container:
                     }
                 )
         config["HostConfig"]["Mounts"] = mounts
-        config["Labels"] = lbl.make_labels(lbl.Role.APP, self._context.labels)
+        # What was restored where: a later snapshot of that directory can estimate its size.
+        restored = json.dumps({r.target: r.snapshot.id for r in restores}, separators=(",", ":"))
+        config["Labels"] = lbl.make_labels(
+            lbl.Role.APP,
+            {**user_labels, **self._context.labels},
+            {lbl.RESTORED: restored} if restores else None,
+        )
         await self._docker.create_container(self.name, config)
         for restore in restores:
             if restore.merge:
@@ -346,6 +485,36 @@ class Container:
                 await asyncio.sleep(0.2 * (attempt + 1))
 
 
+def describe_stopped(state: Mapping[str, Any]) -> str:
+    """``exited 3 s ago, code 0``, ``created, never started``: why a container is not running."""
+    status = str(state.get("Status") or "stopped")
+    if status == "created":
+        return "created, never started"
+    if status != "exited":
+        return status
+    code = state.get("ExitCode")
+    finished = _engine_time(str(state.get("FinishedAt") or ""))
+    if finished is None:
+        return f"exited, code {code}"
+    return f"exited {_ago(time.time() - finished)} ago, code {code}"
+
+
+def _engine_time(text: str) -> float | None:
+    """The engine's RFC 3339 times have nanoseconds, which ``fromisoformat`` refuses."""
+    match = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.\d+)?Z", text)
+    if not match or text.startswith("0001-"):
+        return None
+    return datetime.fromisoformat(match[1]).replace(tzinfo=UTC).timestamp()
+
+
+def _ago(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    for unit, length in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= length:
+            return f"{seconds // length} {unit}"
+    return f"{seconds} s"
+
+
 class _Once:
     """Run an async action at most once (unpausing early, then again in ``finally``)."""
 
@@ -366,6 +535,44 @@ def _plan_restores(items: Iterable[DirectorySnapshot | SnapshotRestore]) -> list
         raise InvalidArgumentError(f"two snapshots restore to the same mount point: {duplicates}")
     # Parent first: depth order, stable for equal depths.
     return sorted(restores, key=lambda r: 0 if r.target == "/" else r.target.count("/"))
+
+
+def _network_advice(engine_message: str) -> str:
+    # An engine run without a usable default bridge (no docker0, as with
+    # --iptables=false on some hosts) fails only here, at start, in its own words.
+    if "on network" not in engine_message and "bridge" not in engine_message:
+        return ""
+    return (
+        " (the engine could not attach the container to that network; a user-defined"
+        " bridge network, made by `docker network create NAME`, usually works)"
+    )
+
+
+def _check_network(run: runopts.RunOptions, enable_internet: bool) -> None:
+    if enable_internet and run.network is not None:
+        raise InvalidArgumentError(
+            f"enable_internet=True and network={run.network!r} conflict; give one of them"
+        )
+    if run.publish and run.network is None and not enable_internet:
+        raise InvalidArgumentError(
+            "publishing ports needs a network, and containers have none by default: "
+            "pass network=NAME (a bridge network, e.g. from `docker network create`) "
+            "or enable_internet=True"
+        )
+
+
+def _check_overlaps(restores: list[SnapshotRestore], volume_targets: list[str]) -> None:
+    """A restore may not share its tree with a ``-v`` mount: its files would land in the host's."""
+    for restore in restores:
+        for target in volume_targets:
+            if _within(restore.target, target) or _within(target, restore.target):
+                raise InvalidArgumentError(
+                    f"restore mount point {restore.target} overlaps the volume mounted at {target}"
+                )
+
+
+def _within(path: str, parent: str) -> bool:
+    return path == parent or parent == "/" or path.startswith(parent + "/")
 
 
 def _container_config(
