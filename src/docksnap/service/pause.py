@@ -274,7 +274,13 @@ class PauseRegistry:
                 except FileNotFoundError:
                     same = False
                 if same:
-                    yield slot
+                    try:
+                        yield slot
+                    finally:
+                        # No record left: drop the lock file too (still ours), so
+                        # none piles up; late lockers of it notice and retry.
+                        if not slot._path.exists():
+                            slot.remove()
                     return
             finally:
                 os.close(fd)
@@ -313,7 +319,7 @@ class PauseRegistry:
             try:
                 await engine.pause_container(container_id)
             except DockerError as exc:
-                if exc.status != 409 or "already paused" not in exc.message:
+                if not _says(exc, "already paused"):
                     raise
                 # Paused by someone else since we looked: theirs to unpause.
                 slot.write(PauseRecord(container_id, name, engine_url, False, (me,)))
@@ -372,12 +378,18 @@ class PauseRegistry:
         return recovered
 
 
+def _says(exc: DockerError, *phrases: str) -> bool:
+    """Whether the engine's refusal is one of ``phrases`` (its status varies by version)."""
+    return exc.status in (409, 500) and any(p in exc.message.lower() for p in phrases)
+
+
 async def _unpause(engine: PauseEngine, container_id: str) -> None:
     try:
         await engine.unpause_container(container_id)
     except DockerError as exc:
-        # 404: gone; 409: not paused or not running. Either way nothing is frozen.
-        if exc.status not in (404, 409):
+        # Gone (404), or not paused / not running (409, or 500 from some engine
+        # versions): either way nothing is left frozen.
+        if exc.status != 404 and not _says(exc, "not paused", "not running"):
             raise
 
 
