@@ -210,6 +210,7 @@ class Container:
                                 on_end=hold.release,
                                 directory=spool_directory(self._store.url),
                                 limit=spool_limit,
+                                hold=pause,
                             ) as stream,
                         ):
                             info = await self._store.save(record, stream, source=source, ttl=ttl)

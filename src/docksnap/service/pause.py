@@ -13,7 +13,7 @@ Three promises, each with its mechanism:
   already paused when the first holder arrives (``docker pause`` by a user, or
   another tool) is read as it is and left paused.
 * **Never outliving its holder.** Each hold has a watchdog: a child process
-  (``python -m docksnap.service.watchdog``) that blocks on a pipe whose only
+  (``service/watchdog.py``) that blocks on a pipe whose only
   writer end is the holder's. When the holder ends in any way, SIGKILL
   included, the kernel closes that end; the watchdog wakes and releases the
   hold on the holder's behalf, through the same counted release, talking to
@@ -66,6 +66,7 @@ log = logging.getLogger(__name__)
 
 _LOCK_POLL_S = 0.005
 _WATCHDOG_EXIT_WAIT_S = 5.0
+_WATCHDOG_ARM_S = 10.0
 
 
 class PauseEngine(Protocol):
@@ -433,11 +434,12 @@ class Watchdog:
         in a session of its own: a Ctrl-C meant for docksnap must not kill it.
         """
         _reap()
+        script = Path(__file__).with_name("watchdog.py")
         proc = subprocess.Popen(
             [
                 sys.executable,
-                "-m",
-                "docksnap.service.watchdog",
+                "-P",
+                str(script),
                 engine_url,
                 str(directory),
                 container_id,
@@ -445,20 +447,44 @@ class Watchdog:
                 str(os.getpid()),
             ],
             stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
             start_new_session=True,
             close_fds=True,
         )
         return cls(proc)
 
-    def dismiss(self) -> None:
-        """The hold ended normally: close the pipe; the watchdog exits on its own.
+    async def armed(self) -> None:
+        """Wait until the watchdog runs (it says so on its stdout).
 
-        Not waited for here (its start-up may not be over yet); it is reaped
-        later, at the latest when this process exits.
+        Waited for before the pause is sent, for two reasons: its interpreter
+        start-up then takes no CPU from the read of the paused container, and
+        a watchdog that cannot start is seen at once (logged; the pause then
+        relies on the recovery of later commands, as after a ``kill -9`` of both).
+        """
+        assert self._proc.stdout is not None
+        try:
+            said = await asyncio.wait_for(
+                asyncio.to_thread(self._proc.stdout.read, 5), _WATCHDOG_ARM_S
+            )
+        except TimeoutError:
+            said = b""
+        if said != b"armed":
+            log.warning("the pause watchdog did not start (pid %d)", self._proc.pid)
+
+    def dismiss(self, released: bool) -> None:
+        """The hold ended: close the pipe; the watchdog exits on its own.
+
+        ``released``: the hold is gone, so the watchdog has nothing to do (else
+        it retries the release). Not waited for here; it is reaped later, at
+        the latest when this process exits.
         """
         if self._proc.stdin is not None:
-            self._proc.stdin.close()
+            with contextlib.suppress(OSError):  # a watchdog already gone
+                if released:
+                    self._proc.stdin.write(b"released")
+                self._proc.stdin.close()
+        if self._proc.stdout is not None:
+            self._proc.stdout.close()
         _retired.add(self._proc)
 
 
@@ -474,12 +500,15 @@ class PauseHold:
     _ended: float | None = None
 
     async def release(self) -> None:
+        """Release once; a release that failed is tried again by the next call."""
         action, self._release = self._release, None
         if action is not None:
             try:
                 await action()
-            finally:
-                self._ended = time.monotonic()
+            except BaseException:
+                self._release = action
+                raise
+            self._ended = time.monotonic()
 
     @property
     def paused_s(self) -> float:
@@ -506,7 +535,9 @@ async def paused(
     registry = registry or PauseRegistry()
     token = secrets.token_hex(16)
     watchdog = Watchdog.spawn(engine_url, _private_dir(registry.directory), container_id, token)
+    released = False
     try:
+        await watchdog.armed()
         hold = PauseHold(lambda: registry.release(engine, container_id, token))
         try:
             await registry.acquire(engine, engine_url, container_id, name, token)
@@ -514,8 +545,9 @@ async def paused(
             yield hold
         finally:
             await asyncio.shield(hold.release())
+            released = True
     finally:
-        watchdog.dismiss()
+        watchdog.dismiss(released)
 
 
 def no_pause() -> PauseHold:
