@@ -100,7 +100,7 @@ def _private_dir(path: Path) -> Path:
     unpause a container, or plant a symlink that redirects our writes.
     """
     with contextlib.suppress(FileExistsError):
-        path.mkdir(mode=0o700, parents=False)
+        path.mkdir(mode=0o700, parents=True)
     info = path.lstat()
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
         raise PermissionError(
