@@ -35,9 +35,9 @@ pytestmark = pytest.mark.docker
 UNPAUSE_DEADLINE_S = 2.0
 
 
-def _docker_state(name: str) -> dict[str, Any]:
+def _docker_state(name: str, host: str | None = None) -> dict[str, Any]:
     out = subprocess.run(
-        ["docker", "inspect", "--format", "{{json .State}}", name],
+        ["docker", *(["-H", host] if host else []), "inspect", "--format", "{{json .State}}", name],
         capture_output=True,
         check=True,
         timeout=60,
@@ -51,6 +51,7 @@ class Rig:
     """A running container with data in /w, a private store and runtime dir, and the CLI."""
 
     tmp: Path
+    docker_host: str | None = None
     name: str = field(default_factory=lambda: unique_name("ds-pause"))
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
@@ -63,6 +64,8 @@ class Rig:
         env["DOCKSNAP_LABELS"] = f"{SESSION_LABEL}={SESSION_ID}"
         env["DOCKSNAP_STORE"] = self.store
         env["DOCKSNAP_RUNTIME_DIR"] = str(self.tmp / "run")
+        if self.docker_host:
+            env["DOCKER_HOST"] = self.docker_host
         env.pop(FAILPOINT_ENV, None)
         if failpoint:
             env[FAILPOINT_ENV] = f"{failpoint}={self.tmp / 'failpoint'}"
@@ -91,6 +94,7 @@ class Rig:
                 ["docker", "exec", self.name, "test", "-f", "/tmp/.ready"],
                 capture_output=True,
                 check=False,
+                env=self.env(),
             )
             if ready.returncode == 0:
                 return
@@ -125,7 +129,9 @@ class Rig:
             if proc.poll() is None:
                 proc.kill()
             proc.communicate()
-        subprocess.run(["docker", "unpause", self.name], capture_output=True, check=False)
+        subprocess.run(
+            ["docker", "unpause", self.name], capture_output=True, check=False, env=self.env()
+        )
         self.cli("rm-container", self.name)
 
 
@@ -136,11 +142,11 @@ def rig(docker_engine: None, tmp_path: Path) -> Iterator[Rig]:
     made.cleanup()
 
 
-def _wait_running(name: str, deadline_s: float) -> float:
+def _wait_running(name: str, deadline_s: float, host: str | None = None) -> float:
     """Seconds until the container runs unpaused; fails after ``deadline_s``."""
     started = time.monotonic()
     while True:
-        state = _docker_state(name)
+        state = _docker_state(name, host)
         elapsed = time.monotonic() - started
         if state["Running"] and not state["Paused"]:
             return elapsed
@@ -168,6 +174,24 @@ def test_sigkill_at_any_point_unpauses_within_two_seconds(rig: Rig, point: str) 
         time.sleep(0.05)
     assert rig.records() == [], f"pause records left behind ({elapsed:.2f} s)"
     assert json.loads(rig.cli("--json", "ls").stdout) == []
+
+
+def test_the_watchdog_talks_to_the_engine_docksnap_used(tmp_path: Path) -> None:
+    """A second engine (DOCKER_HOST): the watchdog unpauses there, not on the default one."""
+    host = os.environ.get("DOCKSNAP_TEST_DOCKER_HOST_B")
+    if not host:
+        pytest.fail("DOCKSNAP_TEST_DOCKER_HOST_B is not set: run the tests with scripts/test")
+    rig = Rig(tmp_path, docker_host=host)
+    try:
+        rig.start(mib=8)
+        proc = rig.snapshot_in_background("paused")
+        rig.wait_for_failpoint(proc)
+        assert _docker_state(rig.name, host)["Paused"]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        _wait_running(rig.name, UNPAUSE_DEADLINE_S, host)
+    finally:
+        rig.cleanup()
 
 
 def _watchdogs_of(pid: int) -> list[int]:
