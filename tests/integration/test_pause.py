@@ -194,6 +194,18 @@ def test_the_watchdog_talks_to_the_engine_docksnap_used(tmp_path: Path) -> None:
         rig.cleanup()
 
 
+def test_ctrl_c_unpauses_and_leaves_the_watchdog_nothing_to_do(rig: Rig) -> None:
+    rig.start(mib=8)
+    proc = rig.snapshot_in_background("reading")
+    rig.wait_for_failpoint(proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err.decode()
+    _wait_running(rig.name, UNPAUSE_DEADLINE_S)
+    assert rig.records() == []
+    assert b"without unpausing" not in err, "docksnap released its own pause"
+
+
 def _watchdogs_of(pid: int) -> list[int]:
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
