@@ -35,7 +35,9 @@ leaves it paused, and its read may outlast the first one's pause. A holder
 killed between recording its intent and sending the pause leaves a record
 saying docksnap paused a running container; if a user pauses that container in
 the next moment, before any watchdog or later command looks, docksnap would
-take that pause for its own.
+take that pause for its own. A child made with a bare ``fork()`` (no exec)
+while a hold is open inherits the pipe's writer end, so the watchdog waits for
+that child too; every exec'd child docksnap starts closes it.
 """
 
 from __future__ import annotations
