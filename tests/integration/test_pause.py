@@ -299,7 +299,7 @@ async def test_two_clients_snapshot_one_container_at_once(
 
 # -- the pause as the app feels it --------------------------------------------------
 
-TICKER = "while :; do read up idle < /proc/uptime; echo $up; usleep 10000; done > /tmp/ticks"
+TICKER = "while :; do read up idle < /proc/uptime; echo $up; usleep 10000; done >> /tmp/ticks"
 
 
 def _longest_gap(ticks: bytes) -> float:
@@ -328,6 +328,8 @@ async def test_a_large_snapshot_freezes_the_app_only_while_the_engine_reads(rig:
     for a busy machine's scheduling. Before the read-ahead, the pause
     covered the whole store write, 3-5x the engine's time on this machine,
     which these bounds fail. The lower bound proves the ticker saw the pause.
+    The best of up to three snapshots counts: a load spike from other test
+    runs on the machine stretches one read, a regression stretches all three.
     """
     await asyncio.to_thread(rig.start, 256)
     await asyncio.to_thread(
@@ -336,21 +338,35 @@ async def test_a_large_snapshot_freezes_the_app_only_while_the_engine_reads(rig:
         check=True,
         capture_output=True,
     )
+    reports = []
     async with docksnap.Client(store=rig.store, labels=SESSION_LABELS) as client:
         await _raw_get_s(client, rig.name, "/w/.")  # warm the page cache
-        before = await _raw_get_s(client, rig.name, "/w/.")
-        snap = await client.container(rig.name).snapshot_directory("/w")
-        await asyncio.sleep(0.2)  # a few ticks after the unpause
-        raw_get_s = max(before, await _raw_get_s(client, rig.name, "/w/."))
-        async with client.docker.get_archive(rig.name, "/tmp/ticks") as archive:
-            tar = b"".join([piece async for piece in archive.chunks])
+        for _ in range(3):  # the best of three: a load spike is not a regression
+            freeze_s, paused_s, raw_get_s = await _measure_freeze(client, rig.name)
+            report = f"freeze {freeze_s:.2f} s, paused_s {paused_s:.2f} s, GET {raw_get_s:.2f} s"
+            reports.append(report)
+            assert freeze_s >= 0.5 * raw_get_s, f"the ticker missed the pause: {report}"
+            if max(freeze_s, paused_s) <= 1.3 * raw_get_s + 0.4:
+                break
+        else:
+            raise AssertionError("the freeze outlasted the engine's read: " + "; ".join(reports))
+    print(reports)
+
+
+async def _measure_freeze(client: docksnap.Client, name: str) -> tuple[float, float, float]:
+    """(longest ticker gap, paused_s, GET time) of one snapshot of /w."""
+    await asyncio.to_thread(
+        subprocess.run, ["docker", "exec", name, "sh", "-c", ": > /tmp/ticks"], check=True
+    )
+    before = await _raw_get_s(client, name, "/w/.")
+    snap = await client.container(name).snapshot_directory("/w")
+    await asyncio.sleep(0.2)  # a few ticks after the unpause
+    raw_get_s = max(before, await _raw_get_s(client, name, "/w/."))
+    async with client.docker.get_archive(name, "/tmp/ticks") as archive:
+        tar = b"".join([piece async for piece in archive.chunks])
     with tarfile.open(fileobj=io.BytesIO(tar)) as archive_file:
         member = archive_file.extractfile("ticks")
         assert member is not None
         freeze_s = _longest_gap(member.read())
     assert snap.paused_s is not None
-    report = f"freeze {freeze_s:.2f} s, paused_s {snap.paused_s:.2f} s, raw GET {raw_get_s:.2f} s"
-    print(report)
-    assert freeze_s <= 1.3 * raw_get_s + 0.4, report
-    assert snap.paused_s <= 1.3 * raw_get_s + 0.4, report
-    assert freeze_s >= 0.5 * raw_get_s, report
+    return freeze_s, snap.paused_s, raw_get_s
