@@ -80,6 +80,10 @@ class DirectorySnapshot:
     return: the full catalogue entry the store committed (source, TTL, times), so
     nobody has to fetch it again. It is a moment's answer, not part of the record:
     ``to_dict``, equality and ``repr`` ignore it, and ``from_dict`` never sets it.
+
+    ``paused_s`` is set on the record ``snapshot_directory`` returns: the seconds
+    the container was held paused for it (``0.0`` without a pause). It says how
+    the snapshot was taken, not what it holds, so it takes no part in equality.
     """
 
     id: str
@@ -88,6 +92,7 @@ class DirectorySnapshot:
     name: str | None = None
     digest: str | None = None
     created_at: float | None = None
+    paused_s: float | None = field(default=None, compare=False)
     # What the store said when it returned this handle (snapshot_directory,
     # import_tar). Not part of the record: never compared, printed or serialized.
     info: SnapshotInfo | None = field(default=None, compare=False, repr=False, kw_only=True)
@@ -117,6 +122,12 @@ class DirectorySnapshot:
             not isinstance(self.info, SnapshotInfo) or self.info.id != self.id
         ):
             raise InvalidSnapshotError("info", self.info, f"must be the SnapshotInfo of {self.id}")
+        if self.paused_s is not None and (
+            not isinstance(self.paused_s, float | int)
+            or isinstance(self.paused_s, bool)
+            or not self.paused_s >= 0
+        ):
+            raise InvalidSnapshotError("paused_s", self.paused_s, "must be a non-negative number")
 
     def to_dict(self) -> dict[str, Any]:
         """The record as JSON-ready data; extras appear only when set."""
@@ -126,6 +137,8 @@ class DirectorySnapshot:
             data["digest"] = self.digest
         if self.created_at is not None:
             data["created_at"] = self.created_at
+        if self.paused_s is not None:
+            data["paused_s"] = self.paused_s
         return data
 
     @classmethod
@@ -136,7 +149,7 @@ class DirectorySnapshot:
         """
         if not isinstance(data, dict):
             raise InvalidSnapshotError("record", data, "must be a mapping")
-        allowed = {"id", "size", "dir", "name", "digest", "created_at"}
+        allowed = {"id", "size", "dir", "name", "digest", "created_at", "paused_s"}
         unknown = set(data) - allowed
         if unknown:
             # Keys of a foreign record need not be strings, nor comparable to each other.
@@ -152,6 +165,7 @@ class DirectorySnapshot:
             name=data.get("name"),
             digest=data.get("digest"),
             created_at=data.get("created_at"),
+            paused_s=data.get("paused_s"),
         )
 
 

@@ -22,6 +22,7 @@ import pytest
 import docksnap
 import docksnap.docker
 from docksnap import DirectorySnapshot, SnapshotRestore
+from docksnap.docker.client import ArchiveStream
 from docksnap.store.base import TarReader
 from tests.conftest import (
     ALT_IMAGE,
@@ -303,16 +304,22 @@ async def test_size_limit_commits_nothing(client: docksnap.Client, containers: B
 
 @pytest.mark.white_box
 async def test_container_is_paused_while_read(client: docksnap.Client, containers: Boxes) -> None:
-    """By default the container is paused during the read; pause=False leaves it running."""
+    """By default the container is paused during the read; pause=False leaves it running.
+
+    Seen as the engine's read starts: the store may start only after the read
+    ended and the container runs again (service/spool.py).
+    """
     box = await running(client, containers, "mkdir -p /d && echo x > /d/f")
     seen: list[bool] = []
-    real_save = client.store.save
+    real_get_archive = client.docker.get_archive
 
-    async def spying_save(snapshot, tar, **kwargs):  # type: ignore[no-untyped-def]
+    @asynccontextmanager
+    async def spying_get_archive(container: str, path: str) -> AsyncIterator[ArchiveStream]:
         seen.append((await client.docker.inspect_container(box.name))["State"]["Paused"])
-        return await real_save(snapshot, tar, **kwargs)
+        async with real_get_archive(container, path) as archive:
+            yield archive
 
-    client.store.save = spying_save  # type: ignore[method-assign]
+    client.docker.get_archive = spying_get_archive  # type: ignore[method-assign]
     await box.snapshot_directory("/d")
     await box.snapshot_directory("/d", pause=False)
     assert seen == [True, False]

@@ -21,7 +21,9 @@ import click
 
 from docksnap.cli.exits import ExitCode, report
 from docksnap.cli.progress import Meter
+from docksnap.errors import DocksnapError
 from docksnap.service.client import Client
+from docksnap.service.pause import recover_stale_pauses
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +73,7 @@ class App:
 
     async def _session(self, body: Body, meter: Meter) -> Result:
         async with self.open_client(meter) as client:
+            await _recover_pauses(client)
             return await body(client, meter)
 
     def emit(self, result: Result) -> None:
@@ -152,6 +155,17 @@ class DocksnapGroup(click.Group):
             if code is ExitCode.BROKEN_PIPE:
                 _silence_stdout()
             ctx.exit(int(code))
+
+
+async def _recover_pauses(client: Client) -> None:
+    """Unpause what a killed docksnap left paused (each logged as a warning).
+
+    Costs one directory listing when nothing is stale; never fails a command.
+    """
+    try:
+        await recover_stale_pauses(client.docker, client.docker.address.url)
+    except (DocksnapError, OSError) as exc:
+        logging.getLogger(__name__).debug("could not check for stale pauses: %s", exc)
 
 
 def _silence_stdout() -> None:

@@ -43,7 +43,9 @@ from docksnap.model import (
     normalize_path,
 )
 from docksnap.service import options, runopts
+from docksnap.service.pause import PauseHold, no_pause, paused
 from docksnap.service.progress import Operation, ProgressHook, track
+from docksnap.service.spool import DEFAULT_SPOOL_LIMIT, read_ahead, spool_directory
 from docksnap.store import SnapshotStore, TarReader
 from docksnap.tarstream import build_dirs_tar
 
@@ -230,38 +232,57 @@ class Container:
         pause: bool = True,
         size_limit: int | None = None,
         ttl: float | None = None,
+        spool_limit: int = DEFAULT_SPOOL_LIMIT,
     ) -> DirectorySnapshot:
         """Snapshot ``dir`` of the container into the client's store.
 
-        A running container is paused while its archive is read, so the snapshot
-        is consistent (as ``docker commit`` does); ``pause=False`` opts out. A
-        stopped (exited or created) container is read as it is, as ``docker cp``
-        does: there is nothing to pause, which is logged. Going over
-        ``size_limit`` bytes (default: the client's) stores nothing. The
+        A running container is paused while the engine reads its archive, so the
+        snapshot is consistent (as ``docker commit`` does), and only that long:
+        when the store is slower than the engine, the rest of the archive waits
+        in a private spool file of at most ``spool_limit`` bytes (0: no spool;
+        past it the read waits for the store and the pause lasts longer), see
+        ``service/spool.py``. ``pause=False`` opts out of pausing. Concurrent
+        snapshots of one container share one pause, and a pause never outlives
+        this process (``service/pause.py``). The record returned carries
+        ``paused_s``, the seconds the container was held paused. A stopped
+        (exited or created) container is read as it is, as ``docker cp`` does:
+        there is nothing to pause, which is logged.
+
+        Going over ``size_limit`` bytes (default: the client's) stores nothing. The
         returned record's ``info`` is the catalogue entry the store committed.
         """
         path = normalize_path(dir, what="snapshot directory")
         name = options.snapshot_name(name)
         limit = options.size_limit(self._context.size_limit if size_limit is None else size_limit)
         ttl = options.ttl(ttl)
+        spool_limit = options.spool_limit(spool_limit)
         async with self._turn:
             state = await self._require_exists()
             if not self.running:
                 log.info("container %r is %s: not paused", self.name, describe_stopped(state))
             record = DirectorySnapshot(id=new_snapshot_id(), size=0, dir=path, name=name)
             source = SnapshotSource(self.name, str(state.get("Image", "")))
-            async with self._paused(pause and self.running and not state.get("Paused")) as unpause:
-                archive_path = "/." if path == "/" else path + "/."
+            archive_path = "/." if path == "/" else path + "/."
+            pause = pause and self.running
+            async with self._paused(str(state["Id"]), pause) as hold:
                 try:
                     with track(self._context.progress, Operation.SNAPSHOT, record.id) as progress:
-                        async with self._docker.get_archive(self.name, archive_path) as archive:
-                            stream = _limited(progress.stream(archive.chunks), limit, path, unpause)
+                        async with (
+                            self._docker.get_archive(self.name, archive_path) as archive,
+                            read_ahead(
+                                _limited(progress.stream(archive.chunks), limit, path),
+                                on_end=hold.release,
+                                directory=spool_directory(self._store.url),
+                                limit=spool_limit,
+                                hold=pause,
+                            ) as stream,
+                        ):
                             info = await self._store.save(record, stream, source=source, ttl=ttl)
                 except DockerError as exc:
                     if exc.status == 404 and exc.operation == "read archive":
                         raise DirectoryNotFoundError(self.name, path) from exc
                     raise
-        return dataclasses.replace(info.snapshot, info=info)
+        return dataclasses.replace(info.snapshot, info=info, paused_s=round(hold.paused_s, 3))
 
     async def restore(
         self,
@@ -334,6 +355,7 @@ class Container:
             raise
         state: dict[str, Any] = info.get("State") or {}
         state["Image"] = info.get("Image")
+        state["Id"] = info.get("Id")
         state["Labels"] = (info.get("Config") or {}).get("Labels") or {}
         return state
 
@@ -358,17 +380,13 @@ class Container:
         return exc
 
     @contextlib.asynccontextmanager
-    async def _paused(self, pause: bool) -> AsyncIterator[_Once]:
-        """Pause for the body; yield a callable that unpauses early (when the stream ends)."""
+    async def _paused(self, container_id: str, pause: bool) -> AsyncIterator[PauseHold]:
+        """Hold the container paused (shared with concurrent snapshots, see service/pause.py)."""
         if not pause:
-            yield _Once(None)
+            yield no_pause()
             return
-        await self._docker.pause_container(self.name)
-        unpause = _Once(lambda: self._docker.unpause_container(self.name))
-        try:
-            yield unpause
-        finally:
-            await asyncio.shield(unpause())
+        async with paused(self._docker, self._docker.address.url, container_id, self.name) as hold:
+            yield hold
 
     async def _clear_previous(self) -> None:
         """Make room for a new container of this name, refusing to touch a foreign one.
@@ -515,18 +533,6 @@ def _ago(seconds: float) -> str:
     return f"{seconds} s"
 
 
-class _Once:
-    """Run an async action at most once (unpausing early, then again in ``finally``)."""
-
-    def __init__(self, action: Any) -> None:
-        self._action = action
-
-    async def __call__(self) -> None:
-        action, self._action = self._action, None
-        if action is not None:
-            await action()
-
-
 def _plan_restores(items: Iterable[DirectorySnapshot | SnapshotRestore]) -> list[SnapshotRestore]:
     restores = [SnapshotRestore.of(item) for item in items]
     targets = [r.target for r in restores]
@@ -606,14 +612,11 @@ def _env_list(env: Mapping[str, str]) -> list[str]:
     return pairs
 
 
-async def _limited(
-    chunks: AsyncIterator[bytes], limit: int, path: str, on_end: _Once
-) -> AsyncIterator[bytes]:
+async def _limited(chunks: AsyncIterator[bytes], limit: int, path: str) -> AsyncIterator[bytes]:
     """Pass the archive through, failing as soon as it exceeds ``limit`` bytes.
 
     Checked before a piece is handed on, so a store never receives a byte past
-    the limit. When the stream ends the container is unpaused at once, without
-    waiting for the store to finish writing.
+    the limit.
     """
     total = 0
     async for piece in chunks:
@@ -621,7 +624,6 @@ async def _limited(
         if total > limit:
             raise SnapshotTooLargeError(path, limit)
         yield piece
-    await on_end()
 
 
 async def _once(data: bytes) -> AsyncIterator[bytes]:

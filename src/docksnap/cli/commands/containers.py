@@ -325,6 +325,13 @@ def restore(app: App, snapshot_refs: tuple[str, ...], container: str, force: boo
     metavar="SIZE",
     help="Refuse a directory whose tar stream is larger (e.g. 2GiB). [default: 16GiB]",
 )
+@click.option(
+    "--spool-limit",
+    callback=byte_size,
+    metavar="SIZE",
+    help="Most bytes spooled to a temporary file while the store catches up with the"
+    " engine (0: none; past it the pause lasts longer). [default: 4GiB]",
+)
 @output_options
 @pass_app
 def snapshot(
@@ -335,6 +342,7 @@ def snapshot(
     no_pause: bool,
     ttl: float | None,
     size_limit: int | None,
+    spool_limit: int | None,
 ) -> None:
     """Snapshot a directory of a container into the store.
 
@@ -352,21 +360,26 @@ def snapshot(
         state = await box.describe()
         await _expect_size(client, meter, container, directory)
         started = time.monotonic()
+        spool = {} if spool_limit is None else {"spool_limit": spool_limit}
         snap = await box.snapshot_directory(
-            directory, name=name, pause=not no_pause, ttl=ttl, size_limit=size_limit
+            directory, name=name, pause=not no_pause, ttl=ttl, size_limit=size_limit, **spool
         )
         elapsed = time.monotonic() - started
         info = snap.info
         assert info is not None  # always set on the record the library just committed
         paused = box.running and not no_pause
+        paused_s = snap.paused_s or 0.0
         lines = [
             *render.snapshot_table([info]),
             f"saved {render.size(snap.size)} in {elapsed:.2f} s"
-            f" ({render.size(snap.size / max(elapsed, 1e-6))}/s)",
+            f" ({render.size(snap.size / max(elapsed, 1e-6))}/s),"
+            + (f" container paused {paused_s:.2f} s" if not no_pause else " not paused"),
         ]
         if not box.running:
             lines.append(f"container {container} is not running ({state}): not paused")
-        return Result({**shapes.info(info), "paused": paused}, lines, [snap.id])
+        return Result(
+            {**shapes.info(info), "paused": paused, "paused_s": paused_s}, lines, [snap.id]
+        )
 
     app.run(body)
 
