@@ -1,7 +1,8 @@
 """Collects fault-injection outcomes into the fault matrix (fault by operation → outcome).
 
 Tests call :func:`record`; with ``DOCKSNAP_FAULT_MATRIX=path`` set, the session
-writes the collected rows there as a Markdown table (docs/SECURITY.md, "Reliability", summarizes it).
+writes the collected rows there as a Markdown table (summarized in docs/SECURITY.md,
+"Reliability").
 """
 
 from __future__ import annotations
