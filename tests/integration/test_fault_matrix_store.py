@@ -164,7 +164,6 @@ LOCAL_FAULTS = {
 UNTOUCHED = {("EIO on writes", "export"), ("EIO on writes", "verify")}
 UNTOUCHED |= {("ENOSPC on writes", "export"), ("ENOSPC on writes", "verify")}
 UNTOUCHED |= {("ENOSPC on writes", "start"), ("EIO on writes", "start")}
-UNTOUCHED |= {("EIO on object reads", "snapshot"), ("EIO on object reads", "import")}
 REPORTED = {("EIO on object reads", "verify")}
 
 
