@@ -33,6 +33,7 @@ from docksnap.model import DirectorySnapshot, SnapshotInfo, SnapshotRestore, Sna
 from docksnap.service import Catalogue, Client, Container
 from docksnap.service.archive import FileChange, SnapshotDiff
 from docksnap.service.container import ContainerContext
+from docksnap.service.orphans import OrphanReport
 from docksnap.service.progress import Operation, Phase, ProgressEvent, ProgressHook
 from docksnap.store.base import (
     GcReport,
@@ -72,6 +73,7 @@ __all__ = [
     "InvalidPathError",
     "InvalidSnapshotError",
     "Operation",
+    "OrphanReport",
     "Phase",
     "Problem",
     "ProgressEvent",
