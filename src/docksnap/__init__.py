@@ -15,11 +15,13 @@ from docksnap.errors import (
     ContainerStartError,
     DirectoryNotFoundError,
     DockerError,
+    DockerTimeoutError,
     DockerUnavailableError,
     DocksnapError,
     InvalidArgumentError,
     InvalidPathError,
     InvalidSnapshotError,
+    RestoreThroughSymlinkError,
     SnapshotCorruptError,
     SnapshotNotFoundError,
     SnapshotTooLargeError,
@@ -32,6 +34,7 @@ from docksnap.model import DirectorySnapshot, SnapshotInfo, SnapshotRestore, Sna
 from docksnap.service import Catalogue, Client, Container
 from docksnap.service.archive import FileChange, SnapshotDiff
 from docksnap.service.container import ContainerContext
+from docksnap.service.orphans import OrphanReport
 from docksnap.service.progress import Operation, Phase, ProgressEvent, ProgressHook
 from docksnap.store.base import (
     GcReport,
@@ -64,6 +67,7 @@ __all__ = [
     "DirectorySnapshot",
     "DockerClient",
     "DockerError",
+    "DockerTimeoutError",
     "DockerUnavailableError",
     "DocksnapError",
     "FileChange",
@@ -72,10 +76,12 @@ __all__ = [
     "InvalidPathError",
     "InvalidSnapshotError",
     "Operation",
+    "OrphanReport",
     "Phase",
     "Problem",
     "ProgressEvent",
     "ProgressHook",
+    "RestoreThroughSymlinkError",
     "SnapshotCorruptError",
     "SnapshotDiff",
     "SnapshotInfo",

@@ -250,7 +250,13 @@ def test_run_snapshot_restore_diff_export_import_rm_gc(cli: Cli, tmp_path: Path)
     remaining = {d["snapshot"]["id"] for d in cli.json("ls")}
     assert not remaining & set(made)
     collected = cli.json("gc")
-    assert set(collected) == {"expired", "objects_deleted", "bytes_deleted", "objects_kept_young"}
+    assert set(collected) == {
+        "expired",
+        "objects_deleted",
+        "bytes_deleted",
+        "objects_kept_young",
+        "orphans",
+    }
 
 
 def docker_exec(container: str, *command: str) -> bytes:

@@ -46,6 +46,8 @@ class App:
     docker_host: str | None = None
     store: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    engine_timeout: float | None = None
+    stall_timeout: float | None = None
     as_json: bool = False
     quiet: bool = False
     verbose: int = 0
@@ -57,6 +59,8 @@ class App:
             store=self.store,
             labels=self.labels,
             progress=meter if meter.enabled else None,
+            engine_timeout=self.engine_timeout,
+            stall_timeout=self.stall_timeout,
         )
 
     def run(self, body: Body, *, progress: bool = True) -> None:

@@ -59,6 +59,10 @@ EXIT_CODES: dict[type[BaseException], ExitCode] = {
 }
 
 _HINTS: dict[type[BaseException], str] = {
+    errors.DockerTimeoutError: (
+        "the engine stopped answering (`docker info` hangs too?); what was created was "
+        "removed. If it is only slow, raise --engine-timeout / --stall-timeout"
+    ),
     errors.DockerUnavailableError: (
         "start an engine (`scripts/setup docker`, or `sudo dockerd &`), or point "
         "--docker-host / DOCKER_HOST at one that runs"

@@ -34,6 +34,7 @@ from docksnap.errors import (
     DockerError,
     InvalidArgumentError,
     SnapshotTooLargeError,
+    StoreError,
 )
 from docksnap.model import (
     DirectorySnapshot,
@@ -43,8 +44,10 @@ from docksnap.model import (
     normalize_path,
 )
 from docksnap.service import options, runopts
+from docksnap.service.orphans import remove_helpers_of
 from docksnap.service.pause import PauseHold, no_pause, paused
 from docksnap.service.progress import Operation, ProgressHook, track
+from docksnap.service.restore_plan import check_restored_symlinks
 from docksnap.service.spool import DEFAULT_SPOOL_LIMIT, read_ahead, spool_directory
 from docksnap.store import SnapshotStore, TarReader
 from docksnap.tarstream import build_dirs_tar
@@ -175,6 +178,7 @@ class Container:
             await self._clear_previous()
             for snapshot_id in ids:
                 await self._store.get(snapshot_id)
+            await check_restored_symlinks(self._store, restores)
             try:
                 await self._create_with_restores(image, config, restores, run.labels)
                 await self._docker.start_container(self.name)
@@ -188,9 +192,18 @@ class Container:
                     ) from exc
                 raise
             self.running = True
+        await self._record_use(ids)
+
+    async def _record_use(self, ids: list[str]) -> None:
+        """Count the restores as uses (for TTLs). Best effort: the container already
+        runs, and a full or failing store must not turn its start into an error
+        that leaves the caller believing it did not start."""
         now = time.time()
         for snapshot_id in ids:
-            await self._store.touch(snapshot_id, now)
+            try:
+                await self._store.touch(snapshot_id, now)
+            except StoreError as exc:
+                log.warning("could not record the use of snapshot %s: %s", snapshot_id, exc)
 
     async def monitor(self) -> int:
         """Wait until the container stops; return its exit code.
@@ -446,7 +459,7 @@ class Container:
         volume = RESTORE_VOLUME_PREFIX + uuid.uuid4().hex
         extra = self._context.labels
         await self._docker.create_volume(
-            volume, lbl.make_labels(lbl.Role.RESTORE, extra, {lbl.OWNER: self.name})
+            volume, lbl.make_labels(lbl.Role.RESTORE, extra, lbl.creator_fields(self.name))
         )
         helper_labels = lbl.make_labels(lbl.Role.HELPER, extra)
         async with (
@@ -486,7 +499,8 @@ class Container:
 
         A create request cancelled in flight (Ctrl-C) may still be carried out by
         the engine after the first removal, holding the volumes (409 "in use");
-        so removal repeats until the volumes go.
+        so removal repeats until the volumes go. A helper left by a docksnap
+        killed mid-restore also holds its volume: it goes first.
         """
         for attempt in range(_CLEANUP_ATTEMPTS):
             await self._docker.remove_container(self.name)
@@ -495,6 +509,7 @@ class Container:
             )
             try:
                 for volume in volumes:
+                    await remove_helpers_of(self._docker, volume["Name"])
                     await self._docker.remove_volume(volume["Name"])
                 return
             except DockerError as exc:

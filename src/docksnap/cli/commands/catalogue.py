@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import click
 
 from docksnap.cli import refs, render, shapes
@@ -9,14 +11,16 @@ from docksnap.cli.app import App, Result, output_options, pass_app
 from docksnap.cli.exits import ExitCode
 from docksnap.cli.params import SECONDS
 from docksnap.cli.progress import Meter
-from docksnap.errors import InvalidArgumentError
+from docksnap.errors import DockerUnavailableError, InvalidArgumentError
 from docksnap.model import normalize_path
 from docksnap.service.catalogue import DEFAULT_GC_GRACE
 from docksnap.service.client import Client
+from docksnap.service.orphans import OrphanReport
 from docksnap.store.base import VerifyReport
 from docksnap.tarstream import TarEntry
 
 SHOW_FILES = 20
+log = logging.getLogger(__name__)
 
 
 @click.command("ls")
@@ -281,10 +285,12 @@ def prune(app: App, keep_last: int, all_names: bool, name: str | None, dry_run: 
 @output_options
 @pass_app
 def gc(app: App, grace: float) -> None:
-    """Delete expired snapshots and reclaim unused data.
+    """Expire snapshots, reclaim data, remove engine orphans.
 
     Expired: unused for longer than their --ttl. Unused data: chunks no
     snapshot references, older than --grace (younger ones may be a writer's).
+    Engine orphans: helper containers and restore volumes left by a docksnap
+    that died (or whose container went with `docker rm -f`).
 
     \b
     Example:
@@ -294,13 +300,28 @@ def gc(app: App, grace: float) -> None:
     async def body(client: Client, meter: Meter) -> Result:
         expired = await client.snapshots.expire()
         report = await client.snapshots.gc(grace=grace)
+        orphans = await _reap_orphans(client, grace)
         lines = [f"expired {i}" for i in expired] + [
             f"reclaimed {report.objects_deleted} object(s), {render.size(report.bytes_deleted)};"
             f" kept {report.objects_kept_young} younger than {render.duration(grace)}"
         ]
-        return Result(shapes.gc(expired, report), lines)
+        if orphans.containers or orphans.volumes:
+            lines.append(
+                f"removed {len(orphans.containers)} orphaned helper container(s)"
+                f" and {len(orphans.volumes)} orphaned restore volume(s)"
+            )
+        return Result(shapes.gc(expired, report, orphans), lines)
 
     app.run(body)
+
+
+async def _reap_orphans(client: Client, grace: float) -> OrphanReport:
+    """Engine orphans, unless no engine answers: a store's gc does not need one."""
+    try:
+        return await client.reap_orphans(grace=grace)
+    except DockerUnavailableError as exc:
+        log.warning("engine orphans not checked: %s", exc)
+        return OrphanReport()
 
 
 def _verify_lines(report: VerifyReport) -> list[str]:
