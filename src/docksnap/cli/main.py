@@ -6,7 +6,7 @@ import click
 
 from docksnap import __version__
 from docksnap.cli.app import App, DocksnapGroup, output_options, parse_pairs
-from docksnap.cli.commands import catalogue, containers, demo, transfer
+from docksnap.cli.commands import catalogue, containers, demo, serve, transfer
 
 
 @click.group(
@@ -70,6 +70,7 @@ for command in (
     containers.stop,
     containers.rm_container,
     demo.demo,
+    serve.serve,
 ):
     cli.add_command(command)
 
