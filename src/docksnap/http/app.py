@@ -135,6 +135,7 @@ _COMMON_ERRORS = {
     "400": "Invalid request (type urn:docksnap:problem:usage or bad-request)",
     "401": "Missing or wrong bearer token",
     "403": "Cookie session without a valid CSRF token",
+    "404": "No such snapshot, directory or route",
     "409": "The container's state prevents the operation",
     "413": "Request body or snapshot over its size limit",
     "422": "The Docker engine refused (e.g. no such image)",
