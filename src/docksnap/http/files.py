@@ -58,7 +58,12 @@ async def member_bytes(reader: TarReader, entry: TarEntry) -> AsyncIterator[byte
                 yield bytes(take)
                 break
             position = indexer.bytes_seen
-            step = entry.offset - position if position < entry.offset else _BLOCK
+            # Up to the member's first header in bulk, then to each block boundary:
+            # headers end on one, so no data byte is ever fed to the indexer.
+            if position < entry.offset:
+                step = entry.offset - position
+            else:
+                step = _BLOCK - (position - entry.offset) % _BLOCK
             indexer.feed(view[:step])
             view = view[step:]
             if len(indexer.entries) > seen:
