@@ -204,10 +204,15 @@ def chart(samples: list[dict[str, Any]], width: int = 720, height: int = 240) ->
     span = (t1 - t0) or 1.0
 
     def points(key: str) -> str:
-        return " ".join(
-            f"{(s['time'] - t0) / span * width:.1f},{height - s[key] / top * height:.1f}"
-            for s in samples
-        )
+        # A step line: totals only change at a sample, they do not drift between.
+        xy: list[str] = []
+        for sample in samples:
+            x = (sample["time"] - t0) / span * width
+            y = height - sample[key] / top * height
+            if xy:
+                xy.append(f"{x:.1f},{xy[-1].split(',')[1]}")
+            xy.append(f"{x:.1f},{y:.1f}")
+        return " ".join(xy)
 
     return {
         "width": width,

@@ -27,10 +27,10 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 DEFAULT_MAX_BODY = 1 << 20
 STREAMED_BODIES = {("POST", "/v1/snapshots/import")}
-PUBLIC_PATHS = ("/login", "/static/")
+PUBLIC_PATHS = ("/login", "/favicon.ico", "/static/")
 _SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 
-# Pages and API answers alike: no framing, no sniffing, no referrer, and only
+# Pages and API answers alike: no framing, no sniffing, no referrer to others, and only
 # this server's own scripts and styles.
 SECURITY_HEADERS = [
     (
@@ -40,7 +40,9 @@ SECURITY_HEADERS = [
     ),
     (b"x-frame-options", b"DENY"),
     (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),
+    # same-origin, not no-referrer: with no-referrer a browser sends "Origin: null"
+    # on form posts, and the origin check below could not tell ours from others.
+    (b"referrer-policy", b"same-origin"),
     (b"cache-control", b"no-store"),
 ]
 
@@ -72,7 +74,7 @@ class Guard:
 
     def _refusal(self, scope: Scope) -> Callable[[Send], Awaitable[None]] | None:
         path: str = scope["path"]
-        if path == "/login" or path.startswith(PUBLIC_PATHS[1]):
+        if path in PUBLIC_PATHS or path.startswith("/static/"):
             return None
         headers = _headers(scope)
         declared = headers.get("content-length", "0")
