@@ -1,0 +1,94 @@
+"""The server streams: a 1 GiB import and export through it keep its memory small.
+
+Peak RSS is read from the kernel (``VmHWM``), reset before each phase by
+writing 5 to ``/proc/PID/clear_refs``, so each figure belongs to one phase.
+The archive is generated and checked on the fly on the test's side too, so
+neither end ever holds it whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.http.conftest import Server
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+SIZE = int(os.environ.get("DOCKSNAP_TEST_SERVE_BYTES", 1 << 30))
+PIECE = 1 << 20
+RSS_LIMIT = 256 << 20  # the server idles near 70 MiB; a buffered GiB could not fit
+
+
+def peak_rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM in /proc status")
+
+
+def reset_peak(pid: int) -> None:
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+def big_tar(digest: hashlib._Hash) -> Iterator[bytes]:
+    """A tar of one ``SIZE``-byte file of seeded random data, in 1 MiB pieces."""
+    header = tarfile.TarInfo("big.bin")
+    header.size = SIZE
+    header.mode = 0o644
+    rng = random.Random(1234)
+    first = header.tobuf(format=tarfile.PAX_FORMAT)
+    digest.update(first)
+    yield first
+    for _ in range(SIZE // PIECE):
+        piece = rng.randbytes(PIECE)
+        digest.update(piece)
+        yield piece
+    end = b"\0" * 1024
+    digest.update(end)
+    yield end
+
+
+def test_a_1_gib_import_and_export_stream_in_bounded_memory(
+    server: Server, record_property: pytest.RecordProperty
+) -> None:
+    pid = server.process.pid
+    reset_peak(pid)
+    sent = hashlib.sha256()
+    response = server.api.post(
+        "/v1/snapshots/import",
+        params={"dir": "/big", "name": "one-gib"},
+        content=big_tar(sent),
+        headers={"content-type": "application/x-tar"},
+    )
+    assert response.status_code == 201, response.text
+    import_peak = peak_rss(pid)
+    snapshot_id = response.json()["snapshot"]["id"]
+
+    reset_peak(pid)
+    received = hashlib.sha256()
+    total = 0
+    with server.api.stream("GET", f"/v1/snapshots/{snapshot_id}/export") as exported:
+        assert exported.status_code == 200
+        for piece in exported.iter_bytes():
+            received.update(piece)
+            total += len(piece)
+    export_peak = peak_rss(pid)
+
+    assert total == SIZE + 1536
+    assert received.hexdigest() == sent.hexdigest()
+    record_property("import_peak_rss_mib", round(import_peak / 2**20, 1))
+    record_property("export_peak_rss_mib", round(export_peak / 2**20, 1))
+    print(
+        f"peak RSS of docksnap serve: import {import_peak / 2**20:.1f} MiB, "
+        f"export {export_peak / 2**20:.1f} MiB ({SIZE / 2**30:g} GiB each way)"
+    )
+    assert import_peak < RSS_LIMIT
+    assert export_peak < RSS_LIMIT
+    assert server.api.delete(f"/v1/snapshots/{snapshot_id}").status_code == 204
