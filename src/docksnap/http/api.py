@@ -22,7 +22,7 @@ from docksnap.cli import shapes
 from docksnap.errors import InvalidArgumentError
 from docksnap.http import schemas
 from docksnap.http.files import member_bytes, member_path, subtree
-from docksnap.http.progress import EVENT_STREAM, counted, run_operation
+from docksnap.http.progress import EVENT_STREAM, run_operation
 from docksnap.http.runtime import Runtime, runtime
 from docksnap.model import SnapshotRestore
 from docksnap.service.catalogue import DEFAULT_GC_GRACE
@@ -347,7 +347,7 @@ async def import_snapshot(
     """
     rt = runtime(request)
     snapshot = await rt.client.snapshots.import_tar(
-        counted(request.stream()), dir=dir, name=name, ttl=ttl, image=image
+        request.stream(), dir=dir, name=name, ttl=ttl, image=image
     )
     rt.changed()
     return shapes.info(await rt.client.snapshots.get(snapshot.id))

@@ -76,17 +76,6 @@ def current_reporter() -> Reporter | None:
     return CURRENT.get()
 
 
-async def counted(chunks: AsyncIterator[bytes], total: int | None = None) -> AsyncIterator[bytes]:
-    """Pass a stream through, reporting its bytes to the current operation."""
-    reporter = CURRENT.get()
-    done = 0
-    async for piece in chunks:
-        done += len(piece)
-        if reporter is not None:
-            reporter.update(done, total)
-        yield piece
-
-
 def wants_events(request: Request) -> bool:
     return EVENT_STREAM in request.headers.get("accept", "")
 
