@@ -297,6 +297,13 @@ def test_long_operations_stream_progress_as_server_sent_events(server: Server) -
     assert all(data["operation"] == "snapshot" for name, data in events[:-1])
     record = events[-1][1]
     assert record["size"] > 20_000_000
+    # The library's progress hook counted the bytes, and routed them to this request.
+    last = events[-2][1]
+    assert (last["stage"], last["snapshot_id"], last["done"]) == (
+        "snapshot",
+        record["id"],
+        record["size"],
+    )
 
     verify = server.api.post(
         "/v1/store/verify", json={"read_data": True}, headers={"accept": "text/event-stream"}

@@ -12,7 +12,7 @@ import hashlib
 import os
 import random
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -56,7 +56,7 @@ def big_tar(digest: hashlib._Hash) -> Iterator[bytes]:
 
 
 def test_a_1_gib_import_and_export_stream_in_bounded_memory(
-    server: Server, record_property: pytest.RecordProperty
+    server: Server, record_property: Callable[[str, object], None]
 ) -> None:
     pid = server.process.pid
     reset_peak(pid)

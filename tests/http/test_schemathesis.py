@@ -10,6 +10,7 @@ remove a container it did not make. Read-only container inspection stays in.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import schemathesis
@@ -48,7 +49,7 @@ def _tar_body(ctx: schemathesis.SerializationContext, value: object) -> bytes:
     suppress_health_check=list(HealthCheck),
     derandomize=True,
 )
-def test_the_api_conforms_to_its_document(case: schemathesis.Case, server: Server) -> None:
+def test_the_api_conforms_to_its_document(case: schemathesis.Case[Any], server: Server) -> None:
     case.call_and_validate(
         base_url=server.base_url,
         headers={"Authorization": f"Bearer {TOKEN}"},

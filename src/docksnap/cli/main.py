@@ -6,7 +6,7 @@ import click
 
 from docksnap import __version__
 from docksnap.cli.app import App, DocksnapGroup, output_options, parse_pairs
-from docksnap.cli.commands import catalogue, containers, demo, serve, transfer
+from docksnap.cli.commands import catalogue, containers, demo, transfer
 
 
 @click.group(
@@ -70,9 +70,13 @@ for command in (
     containers.stop,
     containers.rm_container,
     demo.demo,
-    serve.serve,
 ):
     cli.add_command(command)
+
+# Imported only when run (or listed by --help): `serve` brings the whole ASGI stack
+# (FastAPI, pydantic, uvicorn), which no other command needs. It lives in
+# docksnap.http, which sits above the CLI and reuses its options and exit codes.
+cli.lazy_commands["serve"] = "docksnap.http.command:serve"
 
 
 def main() -> None:

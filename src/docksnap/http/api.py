@@ -350,7 +350,7 @@ async def import_snapshot(
         request.stream(), dir=dir, name=name, ttl=ttl, image=image
     )
     rt.changed()
-    return shapes.info(await rt.client.snapshots.get(snapshot.id))
+    return shapes.info(snapshot.info or await rt.client.snapshots.get(snapshot.id))
 
 
 @router.post(

@@ -22,6 +22,7 @@ from docksnap.http.auth import Authenticator
 from docksnap.http.guard import DEFAULT_MAX_BODY, Guard
 from docksnap.http.history import StatsHistory
 from docksnap.http.problems import http_problem, on_error, problem_response
+from docksnap.http.progress import route_progress
 from docksnap.http.runtime import Runtime
 from docksnap.service.client import Client
 
@@ -47,7 +48,12 @@ def create_app(config: ServeConfig) -> Any:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        client = Client(docker_host=config.docker_host, store=config.store, labels=config.labels)
+        client = Client(
+            docker_host=config.docker_host,
+            store=config.store,
+            labels=config.labels,
+            progress=route_progress,
+        )
         async with client:
             rt = Runtime(client, auth, StatsHistory(config.state_dir, client.store.url))
             app.state.runtime = rt

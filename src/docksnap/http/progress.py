@@ -4,10 +4,11 @@ A caller that sends ``Accept: text/event-stream`` to an operation endpoint
 (snapshot, start, verify, gc) gets ``200`` and a stream of events instead of
 one JSON document at the end:
 
-- ``progress``: ``{"operation", "snapshot_id", "done", "total", "elapsed"}``
-  at most four times a second and at least once a second (``done``/``total``
-  are bytes, ``total`` null when unknown; the heartbeat keeps proxies from
-  closing an idle connection);
+- ``progress``: ``{"operation", "stage", "snapshot_id", "done", "total",
+  "elapsed"}`` at most four times a second and at least once a second
+  (``stage`` is the library operation moving bytes, e.g. ``restore`` during a
+  start; ``done``/``total`` are its bytes, ``total`` null when unknown; the
+  heartbeat keeps proxies from closing an idle connection);
 - then exactly one ``result`` (the document the plain request returns) or
   ``problem`` (an RFC 9457 document, with the status it would have had).
 
@@ -32,6 +33,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from docksnap.http.problems import problem_for
+from docksnap.service.progress import Phase, ProgressEvent
 
 EVENT_STREAM = "text/event-stream"
 _MIN_INTERVAL = 0.25
@@ -40,24 +42,31 @@ _HEARTBEAT = 1.0
 
 @dataclass(slots=True)
 class Reporter:
-    """The progress of one operation; updated by whoever moves its bytes."""
+    """The progress of one request's operation, fed by the library's progress hook.
+
+    ``stage`` is the library operation moving bytes right now (a start restores
+    each snapshot in turn: ``restore``); ``done``/``total`` are its bytes.
+    """
 
     operation: str
+    stage: str | None = None
     snapshot_id: str | None = None
     done: int = 0
     total: int | None = None
     started: float = 0.0
 
-    def update(self, done: int, total: int | None = None, snapshot_id: str | None = None) -> None:
-        self.done = done
-        if total is not None:
-            self.total = total
-        if snapshot_id is not None:
-            self.snapshot_id = snapshot_id
+    def on_progress(self, event: ProgressEvent) -> None:
+        if event.phase is Phase.STARTED or event.snapshot_id != self.snapshot_id:
+            self.done, self.total = 0, None
+        self.stage = str(event.operation)
+        self.snapshot_id = event.snapshot_id
+        self.done = event.bytes_done
+        self.total = event.bytes_total
 
     def event(self) -> dict[str, Any]:
         return {
             "operation": self.operation,
+            "stage": self.stage,
             "snapshot_id": self.snapshot_id,
             "done": self.done,
             "total": self.total,
@@ -72,8 +81,16 @@ CURRENT: contextvars.ContextVar[Reporter | None] = contextvars.ContextVar(
 )
 
 
-def current_reporter() -> Reporter | None:
-    return CURRENT.get()
+def route_progress(event: ProgressEvent) -> None:
+    """The client's progress hook: hand the event to the request that caused it.
+
+    The library calls hooks from the task that moves the stream, which inherited
+    the request's context, so the context variable finds the right reporter;
+    events of operations no evented request waits for are dropped.
+    """
+    reporter = CURRENT.get()
+    if reporter is not None:
+        reporter.on_progress(event)
 
 
 def wants_events(request: Request) -> bool:

@@ -1,4 +1,8 @@
-"""``docksnap serve``: the HTTP API and dashboard (the code lives in docksnap.http)."""
+"""``docksnap serve``: the command that starts the HTTP API and the dashboard.
+
+Registered lazily by :mod:`docksnap.cli.main`, so other commands never import the
+ASGI stack.
+"""
 
 from __future__ import annotations
 
