@@ -5,6 +5,8 @@ from __future__ import annotations
 import hmac
 import io
 import os
+import subprocess
+import sys
 import tarfile
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -203,3 +205,20 @@ async def test_member_bytes_reads_exactly_one_member(tar_format: int, piece: int
     for name, data in files.items():
         pieces = [p async for p in member_bytes(_Reader(archive, piece), entries[name])]
         assert b"".join(pieces) == data, name
+
+
+def test_other_commands_never_import_the_asgi_stack() -> None:
+    script = (
+        "import sys; from docksnap.cli.main import cli; "
+        "names = cli.list_commands(None); "
+        "assert 'serve' in names, names; "
+        "assert not {'fastapi', 'uvicorn', 'starlette', 'docksnap.http'} & set(sys.modules)"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True)
+    shown = subprocess.run(
+        [sys.executable, "-m", "docksnap", "serve", "--help"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert "--tls-cert" in shown

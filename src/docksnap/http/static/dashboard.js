@@ -71,8 +71,8 @@ async function runOperation(button) {
     await readEvents(response, (name, data) => {
       if (name === "progress") {
         if (data.total) { bar.max = data.total; bar.value = data.done; }
-        const moved = data.done ? formatBytes(data.done) + " · " : "";
-        state.textContent = `${data.operation}: ${moved}${data.elapsed.toFixed(1)} s`;
+        const moved = data.done ? formatBytes(data.done) + (data.total ? " of " + formatBytes(data.total) : "") + " · " : "";
+        state.textContent = `${data.stage || data.operation}: ${moved}${data.elapsed.toFixed(1)} s`;
       } else if (name === "result") {
         bar.max = 1; bar.value = 1;
         panel.dataset.state = "done";
