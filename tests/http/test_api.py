@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import tarfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -375,9 +376,38 @@ def test_gc_stats_and_history(server: Server) -> None:
     assert set(gc.json()) == {"expired", "objects_deleted", "bytes_deleted", "objects_kept_young"}
     stats = server.api.get("/v1/store/stats").json()
     assert stats["store"] == server.store
-    samples = server.api.get("/v1/store/history").json()["samples"]
+    # Samples are taken in the background after each change: wait for the last one.
+    for _ in range(100):
+        samples = server.api.get("/v1/store/history").json()["samples"]
+        if samples and samples[-1]["logical_bytes"] == stats["logical_bytes"]:
+            break
+        time.sleep(0.1)
     assert samples
     assert samples[-1]["logical_bytes"] == stats["logical_bytes"]
+
+
+# -- the dashboard, without a browser -------------------------------------------------------
+
+
+def test_dashboard_pages_escape_what_snapshots_contain(server: Server) -> None:
+    hostile = '<img src=x onerror="alert(1)">'
+    archive = tar_of([(member(hostile), b"x")])
+    response = server.api.post(
+        "/v1/snapshots/import", params={"dir": "/xss", "name": hostile}, content=archive
+    )
+    assert response.status_code == 201, response.text
+    snapshot_id = response.json()["snapshot"]["id"]
+    with httpx.Client(base_url=server.base_url) as browser:
+        login = browser.post("/login", data={"token": TOKEN})
+        assert login.status_code == 303
+        assert "docksnap_session" in browser.cookies
+        for page in ("/?q=onerror", f"/snapshots/{snapshot_id}"):
+            text = browser.get(page).text
+            assert hostile not in text
+            assert "&lt;img src=x onerror=" in text
+        # The cookie alone does not change state: the CSRF header is missing.
+        assert_problem(browser.post("/v1/store/gc", json={}), 403, None)
+        assert browser.delete(f"/v1/snapshots/{snapshot_id}").status_code == 403
 
 
 # -- the OpenAPI document --------------------------------------------------------------------

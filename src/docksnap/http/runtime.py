@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import cast
 
 from starlette.requests import Request
@@ -20,18 +20,31 @@ class Runtime:
     client: Client
     auth: Authenticator
     history: StatsHistory
-    _pending: set[asyncio.Task[None]] = field(default_factory=set)
+    _sampler: asyncio.Task[None] | None = None
+    _again: bool = False
 
     def changed(self) -> None:
-        """The store's totals changed: sample them in the background for the chart."""
-        task = asyncio.get_running_loop().create_task(self.history.sample(self.client))
-        self._pending.add(task)  # the loop keeps only weak references to tasks
-        task.add_done_callback(self._pending.discard)
+        """The store's totals changed: sample them in the background for the chart.
+
+        Totals can be costly (a listing of the store), so changes coalesce: one
+        sample runs at a time, and any number of changes during it cause one more.
+        """
+        if self._sampler is not None and not self._sampler.done():
+            self._again = True
+            return
+        self._sampler = asyncio.get_running_loop().create_task(self._sample())
+
+    async def _sample(self) -> None:
+        while True:
+            self._again = False
+            await self.history.sample(self.client)
+            if not self._again:
+                return
 
     async def drain(self) -> None:
-        """Let pending samples finish (at shutdown, before the client closes)."""
-        if self._pending:
-            await asyncio.wait(set(self._pending))
+        """Let a pending sample finish (at shutdown, before the client closes)."""
+        if self._sampler is not None:
+            await asyncio.wait({self._sampler})
 
 
 def runtime(request: Request) -> Runtime:
