@@ -18,7 +18,7 @@ import pytest
 
 from docksnap.cli.exits import ExitCode
 from docksnap.http.problems import type_uri
-from tests.conftest import unique_name
+from tests.conftest import TEST_IMAGE, unique_name
 from tests.http.conftest import EXE, TOKEN, Server, free_port, start_server
 
 pytestmark = pytest.mark.docker
@@ -305,6 +305,23 @@ def test_long_operations_stream_progress_as_server_sent_events(server: Server) -
         record["id"],
         record["size"],
     )
+
+    restored = unique_name("ds-http")
+    server.containers.append(restored)
+    start = server.api.post(
+        f"/v1/containers/{restored}",
+        json={
+            "image": TEST_IMAGE,
+            "entrypoint": ["sleep", "1000"],
+            "snapshots": [{"id": record["id"]}],
+        },
+        headers={"accept": "text/event-stream"},
+    )
+    events = read_events(start)
+    assert events[-1][0] == "result"
+    assert events[-1][1]["restores"][0]["id"] == record["id"]
+    stages = {(data["stage"], data["done"]) for name, data in events if name == "progress"}
+    assert ("restore", record["size"]) in stages
 
     verify = server.api.post(
         "/v1/store/verify", json={"read_data": True}, headers={"accept": "text/event-stream"}
