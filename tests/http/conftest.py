@@ -89,7 +89,11 @@ class Server:
 
 
 def start_server(
-    root: Path, *extra_args: str, store: str | None = None, token: str | None = TOKEN
+    root: Path,
+    *extra_args: str,
+    store: str | None = None,
+    token: str | None = TOKEN,
+    scheme: str = "http",
 ) -> Server:
     """Start ``docksnap serve``; with ``token=None`` it makes its own token file."""
     assert EXE is not None, "the docksnap console script is not installed in this venv"
@@ -112,8 +116,13 @@ def start_server(
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    base_url = f"http://127.0.0.1:{port}"
-    api = httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {token}"}, timeout=120)
+    base_url = f"{scheme}://127.0.0.1:{port}"
+    api = httpx.Client(
+        base_url=base_url,
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=120,
+        verify=False,  # noqa: S501 (the TLS test's certificate is self-signed)
+    )
     server = Server(process, base_url, store, log, api)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

@@ -462,6 +462,23 @@ def test_serve_refuses_a_public_address_without_tls(tmp_path: Path) -> None:
     assert b"without TLS" in proc.stderr
 
 
+def test_serve_over_tls_with_secure_cookies(docker_engine: None, tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    openssl = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+    subject = ["-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)]
+    subprocess.run([*openssl, *subject], check=True, capture_output=True)
+    server = start_server(tmp_path, "--tls-cert", str(cert), "--tls-key", str(key), scheme="https")
+    try:
+        assert server.api.get("/v1/snapshots").status_code == 200
+        login = server.api.post("/login", data={"token": TOKEN})
+        assert login.status_code == 303
+        cookie = login.headers["set-cookie"].lower()
+        for attribute in ("secure", "httponly", "samesite=strict"):
+            assert attribute in cookie
+    finally:
+        server.stop()
+
+
 def test_the_token_file_is_created_0600_and_printed_once(
     docker_engine: None, tmp_path: Path
 ) -> None:
