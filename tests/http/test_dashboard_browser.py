@@ -49,7 +49,7 @@ FLAGS = (
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[WebDriver]:
     if CHROMIUM is None or CHROMEDRIVER is None:
-        pytest.fail("chromium and chromium-driver are missing: run scripts/setup browser")
+        pytest.fail("chromium and chromium-driver are missing: run scripts/setup tools")
     # Selenium must never fetch a driver from the internet.
     os.environ["SE_OFFLINE"] = "true"
     downloads = tmp_path / "downloads"
