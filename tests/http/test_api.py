@@ -60,15 +60,13 @@ def member(name: str, kind: bytes = tarfile.REGTYPE, **attrs: Any) -> tarfile.Ta
 
 
 def members(archive: bytes) -> list[tuple[str, int, bytes]]:
+    found = []
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-        return [
-            (
-                m.name.removeprefix("./"),
-                m.mode & 0o7777,
-                tar.extractfile(m).read() if m.isfile() else b"",
-            )  # type: ignore[union-attr]
-            for m in tar.getmembers()
-        ]
+        for m in tar.getmembers():
+            data = tar.extractfile(m) if m.isfile() else None
+            content = data.read() if data is not None else b""
+            found.append((m.name.removeprefix("./"), m.mode & 0o7777, content))
+    return found
 
 
 def tar_member(archive: bytes, path: str) -> bytes:
