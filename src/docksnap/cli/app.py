@@ -9,6 +9,7 @@ every exception into a message and the exit code of :mod:`docksnap.cli.exits`.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import logging
 import os
@@ -143,10 +144,28 @@ def _output_options(command: _F, verbose_flags: tuple[str, ...]) -> _F:
 
 
 class DocksnapGroup(click.Group):
-    """Reports every error of a subcommand with its message and exit code."""
+    """Reports every error of a subcommand with its message and exit code.
+
+    ``lazy_commands`` maps a command name to ``module:attribute``, imported only
+    when that command is looked up (click's lazy-loading pattern).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy_commands: dict[str, str] = {}
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return list(self.commands)  # in the order of a session, not alphabetical
+        # In the order of a session, not alphabetical.
+        return [*self.commands, *(n for n in self.lazy_commands if n not in self.commands)]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in self.lazy_commands:
+            module, _, attribute = self.lazy_commands[cmd_name].partition(":")
+            command = getattr(importlib.import_module(module), attribute)
+            if not isinstance(command, click.Command):
+                raise TypeError(f"{self.lazy_commands[cmd_name]} is not a click command")
+            self.add_command(command, cmd_name)
+        return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:

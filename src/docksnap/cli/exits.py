@@ -113,6 +113,11 @@ def exit_code_for(exc: BaseException) -> ExitCode:
     return _lookup(EXIT_CODES, exc) or ExitCode.UNEXPECTED
 
 
+def hint_for(exc: BaseException) -> str | None:
+    """What to do about ``exc``, when there is something to say (also used by the HTTP API)."""
+    return _lookup(_HINTS, exc)
+
+
 def report(exc: BaseException, *, as_json: bool, verbose: int) -> ExitCode:
     """Tell the user what went wrong (stderr; with --json also a document on stdout)."""
     code = exit_code_for(exc)
@@ -150,4 +155,4 @@ def _describe(exc: BaseException, code: ExitCode) -> tuple[str, str | None]:
         )
     if code is ExitCode.LOCAL_FILE:
         return str(exc), None
-    return str(exc), _lookup(_HINTS, exc)
+    return str(exc), hint_for(exc)

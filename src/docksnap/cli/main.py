@@ -100,6 +100,11 @@ for command in (
 ):
     cli.add_command(command)
 
+# Imported only when run (or listed by --help): `serve` brings the whole ASGI stack
+# (FastAPI, pydantic, uvicorn), which no other command needs. It lives in
+# docksnap.http, which sits above the CLI and reuses its options and exit codes.
+cli.lazy_commands["serve"] = "docksnap.http.command:serve"
+
 
 def main() -> None:
     """The console script's entry point."""

@@ -300,7 +300,7 @@ def gc(app: App, grace: float) -> None:
     async def body(client: Client, meter: Meter) -> Result:
         expired = await client.snapshots.expire()
         report = await client.snapshots.gc(grace=grace)
-        orphans = await _reap_orphans(client, grace)
+        orphans = await reap_orphans_if_engine(client, grace)
         lines = [f"expired {i}" for i in expired] + [
             f"reclaimed {report.objects_deleted} object(s), {render.size(report.bytes_deleted)};"
             f" kept {report.objects_kept_young} younger than {render.duration(grace)}"
@@ -315,7 +315,7 @@ def gc(app: App, grace: float) -> None:
     app.run(body)
 
 
-async def _reap_orphans(client: Client, grace: float) -> OrphanReport:
+async def reap_orphans_if_engine(client: Client, grace: float) -> OrphanReport:
     """Engine orphans, unless no engine answers: a store's gc does not need one."""
     try:
         return await client.reap_orphans(grace=grace)
