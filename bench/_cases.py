@@ -186,6 +186,7 @@ class Round:
     chunked: docksnap.DirectorySnapshot | None = None  # this data set, in `store`
     base: docksnap.DirectorySnapshot | None = None  # the base data set, in `store`
     seed: docksnap.DirectorySnapshot | None = None  # this data set, in the volume store
+    restic_repo: Path | None = None  # a local restic repository holding one backup
 
     @property
     def spec(self) -> _data.DatasetSpec:
@@ -234,7 +235,7 @@ class Round:
             new_disk_bytes=None if disk0 is None or disk1 is None else disk1 - disk0,
             peak_rss_bytes=result.peak_rss_bytes,
             rss_start_bytes=result.rss_start_bytes,
-            extra={"cpu_s": result.cpu_seconds},
+            extra={"cpu_s": result.cpu_seconds, **_pause(record)},
         )
         return sample, record
 
@@ -264,6 +265,13 @@ class Round:
             await client.close()
         if self._store is not None:
             await remove_store(self._store)
+        if self.restic_repo is not None:
+            await asyncio.to_thread(shutil.rmtree, self.restic_repo, True)
+
+
+def _pause(record: docksnap.DirectorySnapshot) -> dict[str, float]:
+    """``pause_s``: how long the snapshot held the source container paused."""
+    return {} if record.paused_s is None else {"pause_s": record.paused_s}
 
 
 def _local_path(url: str) -> Path | None:
@@ -391,7 +399,7 @@ async def seed_snapshot(r: Round) -> Sample:
         result.seconds,
         peak_rss_bytes=result.peak_rss_bytes,
         rss_start_bytes=result.rss_start_bytes,
-        extra={"cpu_s": result.cpu_seconds},
+        extra={"cpu_s": result.cpu_seconds, **_pause(r.seed)},
     )
 
 
@@ -441,6 +449,74 @@ async def create_start(r: Round) -> Sample:
     )
 
 
+# --- restic, the peer users pick for deduplicated backups -----------------------------------
+
+RESTIC_CASES = frozenset({"restic_backup", "restic_backup_unchanged", "restic_restore"})
+
+
+async def restic(bench: Bench, *args: str) -> None:
+    """Run Debian's ``restic`` quietly; its cache lives in the bench's temp dir."""
+    env = {
+        **os.environ,
+        "RESTIC_PASSWORD": "docksnap-bench",
+        "RESTIC_CACHE_DIR": str(bench.tmp / "restic-cache"),
+    }
+    proc = await asyncio.create_subprocess_exec(
+        "restic",
+        "--quiet",
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"restic {' '.join(args)} failed: {err.decode(errors='replace')}")
+
+
+async def _restic_first_backup(r: Round) -> float:
+    """A fresh repository and a first backup of the host copy; the backup's seconds."""
+    host_dir = _need(r.data.host_dir, "host_dir")
+    if r.restic_repo is not None:
+        await asyncio.to_thread(shutil.rmtree, r.restic_repo, True)
+    r.restic_repo = r.bench.tmp / f"restic-{r.spec.name}-{r.rep}"
+    await restic(r.bench, "init", "--repo", str(r.restic_repo))
+    t0 = _clock()
+    await restic(r.bench, "backup", "--repo", str(r.restic_repo), str(host_dir))
+    return _clock() - t0
+
+
+@case("restic_backup", "out", "restic backup of a host copy into a fresh local repository")
+async def restic_backup(r: Round) -> Sample:
+    return Sample(await _restic_first_backup(r))
+
+
+@case("restic_backup_unchanged", "out", "restic backup again, nothing changed (same repository)")
+async def restic_backup_unchanged(r: Round) -> Sample:
+    if r.restic_repo is None:
+        await _restic_first_backup(r)
+    assert r.restic_repo is not None
+    host_dir = _need(r.data.host_dir, "host_dir")
+    t0 = _clock()
+    await restic(r.bench, "backup", "--repo", str(r.restic_repo), str(host_dir))
+    return Sample(_clock() - t0)
+
+
+@case("restic_restore", "in", "restic restore latest into an empty host directory")
+async def restic_restore(r: Round) -> Sample:
+    if r.restic_repo is None:
+        await _restic_first_backup(r)
+    assert r.restic_repo is not None
+    target = r.bench.tmp / f"restic-restore-{r.spec.name}-{r.rep}"
+    t0 = _clock()
+    await restic(
+        r.bench, "restore", "latest", "--repo", str(r.restic_repo), "--target", str(target)
+    )
+    seconds = _clock() - t0
+    await asyncio.to_thread(shutil.rmtree, target, True)
+    return Sample(seconds)
+
+
 def _need(value: Path | None, what: str) -> Path:
     if value is None:
         raise RuntimeError(f"data set was prepared without {what}")
@@ -487,7 +563,7 @@ async def prepare(
                     sink.write(piece)
     finally:
         sink.close()
-    if "docker_cp_in" in cases:
+    if cases & ({"docker_cp_in"} | RESTIC_CASES):
         data.host_dir = bench.tmp / f"{spec.name}.host"
         await docker_cli("cp", f"{source}:{spec.dir}", str(data.host_dir))
     if spec.verify_restore and cases & {"restore", "seed_restore"}:

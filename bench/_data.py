@@ -206,6 +206,9 @@ SNAPSHOT_CASES = (
     "snapshot",
     "resnapshot_unchanged",
     "restore",
+    "restic_backup",
+    "restic_backup_unchanged",
+    "restic_restore",
 )
 
 

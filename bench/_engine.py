@@ -1,7 +1,9 @@
 """The bench's own containers and volumes, and the docker CLI.
 
-Everything the bench creates carries ``docksnap-bench=1`` and is tracked by id; docksnap
-clients get the same label, so :meth:`Engine.leftovers` finds whatever anyone left behind.
+Everything the bench creates carries ``docksnap-bench=<this run's id>`` and is tracked by
+id; docksnap clients get the same label, so :meth:`Engine.leftovers` finds whatever anyone
+left behind in this run, and never touches another run's (teammates bench concurrently on
+one engine; with one shared value, each run's leak check removed the others' containers).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +20,7 @@ from typing import IO, Any
 from docksnap.docker import DockerClient
 
 BENCH_LABEL = "docksnap-bench"
-BENCH_LABELS = {BENCH_LABEL: "1"}
+BENCH_LABELS = {BENCH_LABEL: uuid.uuid4().hex[:12]}
 IMAGE = "docksnap-test:latest"
 SLEEP = ["sleep", "86400"]
 DOCKER_CLI = "docker"

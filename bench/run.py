@@ -82,10 +82,13 @@ def select(args: argparse.Namespace) -> list[tuple[_data.DatasetSpec, list[str]]
     if unknown:
         raise SystemExit(f"unknown data sets {sorted(unknown)}; known: {', '.join(specs)}")
     only = set(_split(args.only))
-    skip = set()
+    skip: set[str] = set()
     if not _cases.chunked_store_available():
         skip = {name for name, c in CASES.items() if c.chunked}
         log(f"docksnap.store.chunked does not import: skipping {', '.join(sorted(skip))}")
+    if not restic_available(any(set(specs[n].cases) & _cases.RESTIC_CASES for n in wanted)):
+        skip |= _cases.RESTIC_CASES
+        log("restic is not installed and `scripts/setup bench` failed: skipping restic cases")
     plan = []
     for name in specs:
         cases = [c for c in specs[name].cases if (not only or c in only) and c not in skip]
@@ -97,6 +100,17 @@ def select(args: argparse.Namespace) -> list[tuple[_data.DatasetSpec, list[str]]
         (specs[n], []) for n in specs if n in needed - have
     ]
     return bases + plan
+
+
+def restic_available(needed: bool) -> bool:
+    """Whether ``restic`` runs, installing Debian's with ``scripts/setup bench`` if missing."""
+    if not needed or shutil.which("restic"):
+        return True
+    log("restic is missing: running scripts/setup bench")
+    setup = HERE.parent / "scripts" / "setup"
+    if subprocess.run([str(setup), "bench"], check=False).returncode != 0:
+        return False
+    return shutil.which("restic") is not None
 
 
 # --- running ---------------------------------------------------------------------------------

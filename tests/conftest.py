@@ -8,6 +8,7 @@ nothing (set DOCKSNAP_ALLOW_SKIP=1 to skip them on a laptop without Docker).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import subprocess
@@ -84,9 +85,16 @@ def no_leaks() -> Iterator[None]:
         text=True,
         check=True,
     ).stdout.split()
+    networks = subprocess.run(
+        ["docker", "network", "ls", "-q", "--filter", f"label={SESSION_LABEL}={SESSION_ID}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     assert not leftovers, f"containers leaked by the tests: {leftovers}"
     assert not images, f"images leaked by the tests: {images}"
     assert not volumes, f"volumes leaked by the tests: {volumes}"
+    assert not networks, f"networks leaked by the tests: {networks}"
 
 
 @pytest.fixture(scope="session")
@@ -118,7 +126,14 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @pytest.fixture
 async def client(docker_engine: None, store_url: str) -> AsyncIterator[docksnap.Client]:
-    """A client on the real engine whose every resource carries this session's label.
+    """A client on the real engine whose every resource carries this session's label."""
+    async with session_client(store_url) as client:
+        yield client
+
+
+@contextlib.asynccontextmanager
+async def session_client(store_url: str) -> AsyncIterator[docksnap.Client]:
+    """A client with this session's labels on ``store_url``.
 
     Snapshots the test made are deleted afterwards (the volume store keeps them
     in Docker volumes, which would otherwise outlive the test).

@@ -7,6 +7,7 @@ runs. A Python implementation of workerd's containers snapshot API.
 
 from docksnap.docker import ArchiveStream, DockerClient
 from docksnap.errors import (
+    AmbiguousSnapshotError,
     CaptureIncompleteError,
     ContainerAlreadyRunningError,
     ContainerError,
@@ -15,6 +16,7 @@ from docksnap.errors import (
     ContainerStartError,
     DirectoryNotFoundError,
     DockerError,
+    DockerTimeoutError,
     DockerUnavailableError,
     DocksnapError,
     ImageNotFoundError,
@@ -22,6 +24,7 @@ from docksnap.errors import (
     InvalidPathError,
     InvalidSnapshotError,
     MergeConflictError,
+    RestoreThroughSymlinkError,
     SnapshotCorruptError,
     SnapshotNotFoundError,
     SnapshotTooLargeError,
@@ -36,6 +39,7 @@ from docksnap.service import Catalogue, Client, Container
 from docksnap.service.archive import FileChange, SnapshotDiff
 from docksnap.service.container import ContainerContext
 from docksnap.service.merge import Conflict, MergeResult
+from docksnap.service.orphans import OrphanReport
 from docksnap.service.progress import Operation, Phase, ProgressEvent, ProgressHook
 from docksnap.store.base import (
     GcReport,
@@ -46,11 +50,13 @@ from docksnap.store.base import (
     VerifyReport,
 )
 from docksnap.store.copy import CopyReport
+from docksnap.sync import SyncClient
 from docksnap.tarstream import TarEntry, TarError, TarFormatError, TarLimitError
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AmbiguousSnapshotError",
     "ArchiveStream",
     "CaptureIncompleteError",
     "CaptureReport",
@@ -69,6 +75,7 @@ __all__ = [
     "DirectorySnapshot",
     "DockerClient",
     "DockerError",
+    "DockerTimeoutError",
     "DockerUnavailableError",
     "DocksnapError",
     "FileChange",
@@ -80,11 +87,13 @@ __all__ = [
     "MergeConflictError",
     "MergeResult",
     "Operation",
+    "OrphanReport",
     "Phase",
     "Problem",
     "ProgressEvent",
     "ProgressHook",
     "ReportEntry",
+    "RestoreThroughSymlinkError",
     "SnapshotCorruptError",
     "SnapshotDiff",
     "SnapshotInfo",
@@ -97,6 +106,7 @@ __all__ = [
     "StoreFormatError",
     "StoreStats",
     "StoreUnavailableError",
+    "SyncClient",
     "TarEntry",
     "TarError",
     "TarFormatError",

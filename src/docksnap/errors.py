@@ -8,8 +8,10 @@ already catches ``ValueError`` keeps working::
     ├── InvalidArgumentError (ValueError)
     │   ├── InvalidPathError             a path that is relative, has NUL, or climbs above /
     │   ├── InvalidSnapshotError         a snapshot record that fails validation
-    │   └── UnsafeArchiveError           a tar member that could escape its directory
-    │       └── AmbiguousArchiveError    tar readers disagree on a member (docksnap.tarstream)
+    │   ├── AmbiguousSnapshotError       an id prefix that matches several snapshots
+    │   ├── UnsafeArchiveError           a tar member that could escape its directory
+    │   │   └── AmbiguousArchiveError    tar readers disagree on a member (docksnap.tarstream)
+    │   └── RestoreThroughSymlinkError   a restore would pass through a restored symlink (.link)
     ├── ContainerError                   (.container: the container's name)
     │   ├── ContainerNotFoundError
     │   ├── ContainerNotRunningError
@@ -27,6 +29,7 @@ already catches ``ValueError`` keeps working::
     │   └── TarLimitError                a tar stream past a configured limit (.offset)
     ├── DockerError                      (.status, .message: the engine's answer)
     ├── DockerUnavailableError           (.address: where the engine was looked for)
+    │   └── DockerTimeoutError           the engine went silent (.operation, .seconds)
     └── StoreError                       (.store: the store's URL)
         ├── StoreFormatError             a store written by an unknown format version
         └── StoreUnavailableError        a transient fault that outlived its retries
@@ -77,6 +80,19 @@ class InvalidSnapshotError(InvalidArgumentError):
         self.value = value
 
 
+class AmbiguousSnapshotError(InvalidArgumentError):
+    """A snapshot reference (an id prefix) matches more than one snapshot."""
+
+    def __init__(self, reference: str, candidates: list[str]) -> None:
+        shown = ", ".join(candidates[:10]) + (", ..." if len(candidates) > 10 else "")
+        super().__init__(
+            f"snapshot reference {reference!r} is ambiguous: {len(candidates)} snapshots "
+            f"match ({shown})"
+        )
+        self.reference = reference
+        self.candidates = candidates
+
+
 class UnsafeArchiveError(InvalidArgumentError):
     """A tar member could write outside its directory, is a device file, or is one
     the engine would refuse to extract."""
@@ -85,6 +101,26 @@ class UnsafeArchiveError(InvalidArgumentError):
         super().__init__(f"unsafe tar member {path!r}: {reason}")
         self.path = path
         self.reason = reason
+
+
+class RestoreThroughSymlinkError(InvalidArgumentError):
+    """A restore's mount point or member path passes through a symlink that an
+    earlier restore of the same start put there.
+
+    Refused before anything is created: the engine resolves such a link inside
+    the container, so the restore would land wherever the link points (a
+    snapshot holding ``sub -> /etc`` would put the next one into ``/etc``).
+    """
+
+    def __init__(self, link: str, link_target: str, snapshot_id: str, path: str) -> None:
+        super().__init__(
+            f"restoring at {path} would pass through the symlink {link} -> {link_target}, "
+            f"which snapshot {snapshot_id} restores; nothing was created"
+        )
+        self.link = link
+        self.link_target = link_target
+        self.snapshot_id = snapshot_id
+        self.path = path
 
 
 class ContainerError(DocksnapError):
@@ -198,6 +234,24 @@ class DockerUnavailableError(DocksnapError):
             "(is dockerd running? set DOCKER_HOST to point elsewhere)"
         )
         self.address = address
+
+
+class DockerTimeoutError(DockerUnavailableError):
+    """The engine sent nothing for ``seconds`` during ``operation`` (a hung engine).
+
+    Worth a retry once the engine answers again; what the operation created
+    has been removed.
+    """
+
+    def __init__(self, address: str, operation: str, seconds: float) -> None:
+        DocksnapError.__init__(
+            self,
+            f"the Docker engine at {address} sent nothing for {seconds:g} s during {operation} "
+            "(raise --engine-timeout / --stall-timeout if it is only slow)",
+        )
+        self.address = address
+        self.operation = operation
+        self.seconds = seconds
 
 
 class StoreError(DocksnapError):

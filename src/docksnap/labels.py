@@ -7,8 +7,11 @@ and so that docksnap never removes what it did not create.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from enum import StrEnum
+
+from docksnap.process import creator_id
 
 PREFIX = "io.docksnap."
 MANAGED = PREFIX + "managed"
@@ -16,6 +19,8 @@ ROLE = PREFIX + "role"
 OWNER = PREFIX + "container"  # the app container a restore volume belongs to
 SNAPSHOT_ID = PREFIX + "snapshot-id"
 CREATED_AT = PREFIX + "created-at"  # Unix seconds, decimal
+RESTORED = PREFIX + "restored"  # on an app container: JSON {target: snapshot id}
+CREATOR = PREFIX + "creator"  # the creating process: docksnap.process.creator_id()
 
 
 class Role(StrEnum):
@@ -34,3 +39,14 @@ def make_labels(
     labels[MANAGED] = "true"
     labels[ROLE] = str(role)
     return labels
+
+
+def creator_fields(owner: str | None = None) -> dict[str, str]:
+    """Who made a transient resource, and when: what gc needs to tell an orphan.
+
+    ``owner`` is the app container a restore volume belongs to.
+    """
+    fields = {CREATOR: creator_id(), CREATED_AT: str(int(time.time()))}
+    if owner is not None:
+        fields[OWNER] = owner
+    return fields

@@ -84,6 +84,10 @@ class DirectorySnapshot:
 
     ``report`` is the capture report of the call that made the snapshot (``None``
     on records read back or built by hand); it is not part of the portable record.
+
+    ``paused_s`` is set on the record ``snapshot_directory`` returns: the seconds
+    the container was held paused for it (``0.0`` without a pause). It says how
+    the snapshot was taken, not what it holds, so it takes no part in equality.
     """
 
     id: str
@@ -92,6 +96,7 @@ class DirectorySnapshot:
     name: str | None = None
     digest: str | None = None
     created_at: float | None = None
+    paused_s: float | None = field(default=None, compare=False)
     # What the store said when it returned this handle (snapshot_directory,
     # import_tar). Not part of the record: never compared, printed or serialized.
     info: SnapshotInfo | None = field(default=None, compare=False, repr=False, kw_only=True)
@@ -122,6 +127,12 @@ class DirectorySnapshot:
             not isinstance(self.info, SnapshotInfo) or self.info.id != self.id
         ):
             raise InvalidSnapshotError("info", self.info, f"must be the SnapshotInfo of {self.id}")
+        if self.paused_s is not None and (
+            not isinstance(self.paused_s, float | int)
+            or isinstance(self.paused_s, bool)
+            or not self.paused_s >= 0
+        ):
+            raise InvalidSnapshotError("paused_s", self.paused_s, "must be a non-negative number")
 
     def to_dict(self) -> dict[str, Any]:
         """The record as JSON-ready data; extras appear only when set."""
@@ -131,6 +142,8 @@ class DirectorySnapshot:
             data["digest"] = self.digest
         if self.created_at is not None:
             data["created_at"] = self.created_at
+        if self.paused_s is not None:
+            data["paused_s"] = self.paused_s
         return data
 
     @classmethod
@@ -141,7 +154,7 @@ class DirectorySnapshot:
         """
         if not isinstance(data, dict):
             raise InvalidSnapshotError("record", data, "must be a mapping")
-        allowed = {"id", "size", "dir", "name", "digest", "created_at"}
+        allowed = {"id", "size", "dir", "name", "digest", "created_at", "paused_s"}
         unknown = set(data) - allowed
         if unknown:
             # Keys of a foreign record need not be strings, nor comparable to each other.
@@ -157,6 +170,7 @@ class DirectorySnapshot:
             name=data.get("name"),
             digest=data.get("digest"),
             created_at=data.get("created_at"),
+            paused_s=data.get("paused_s"),
         )
 
 

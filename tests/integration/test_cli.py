@@ -52,11 +52,16 @@ class Cli:
         return env
 
     def __call__(
-        self, *args: str, code: int = 0, stdin: bytes | None = None
+        self,
+        *args: str,
+        code: int = 0,
+        stdin: bytes | None = None,
+        env_extra: dict[str, str] | None = None,
     ) -> subprocess.CompletedProcess[bytes]:
         assert EXE is not None, "the docksnap console script is not installed in this venv"
+        env = {**self.env, **(env_extra or {})}
         proc = subprocess.run(
-            [EXE, *args], env=self.env, input=stdin, capture_output=True, timeout=120, check=False
+            [EXE, *args], env=env, input=stdin, capture_output=True, timeout=120, check=False
         )
         assert proc.returncode == code, (
             f"docksnap {' '.join(args)} exited {proc.returncode}, expected {code}\n"
@@ -245,7 +250,13 @@ def test_run_snapshot_restore_diff_export_import_rm_gc(cli: Cli, tmp_path: Path)
     remaining = {d["snapshot"]["id"] for d in cli.json("ls")}
     assert not remaining & set(made)
     collected = cli.json("gc")
-    assert set(collected) == {"expired", "objects_deleted", "bytes_deleted", "objects_kept_young"}
+    assert set(collected) == {
+        "expired",
+        "objects_deleted",
+        "bytes_deleted",
+        "objects_kept_young",
+        "orphans",
+    }
 
 
 def docker_exec(container: str, *command: str) -> bytes:
@@ -345,7 +356,7 @@ def test_exit_codes_around_a_running_container(chunked: Cli) -> None:
     stopped = cli.json("stop", box, "--timeout", "0.5")  # sleep as PID 1 ignores SIGTERM
     assert stopped["name"] == box
     assert stopped["killed"] is True
-    cli("snapshot", box, "/big", code=4)  # not running
+    cli("snapshot", "ds-no-such-container", "/big", code=4)
     assert cli.json("ls") == []
 
 

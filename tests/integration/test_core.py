@@ -14,18 +14,60 @@ import subprocess
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 import docksnap
 import docksnap.docker
 from docksnap import DirectorySnapshot, SnapshotRestore
+from docksnap.docker.client import ArchiveStream
 from docksnap.store.base import TarReader
-from tests.conftest import ALT_IMAGE, TEST_IMAGE, read_file, sleeper, unique_name
+from tests.conftest import (
+    ALT_IMAGE,
+    SESSION_LABELS,
+    TEST_IMAGE,
+    read_file,
+    session_client,
+    sleeper,
+    unique_name,
+)
+from tests.syncfacade import ClientFacade
 
 pytestmark = pytest.mark.docker
 
 Boxes = list[docksnap.Container]
+
+
+@pytest.fixture(
+    params=[("chunked", "async"), ("volume", "async"), ("chunked", "sync")],
+    ids=["chunked", "volume", "chunked-sync"],
+)
+async def client(
+    request: pytest.FixtureRequest, docker_engine: None, tmp_path: Path
+) -> AsyncIterator[Any]:
+    """The contract under test: the async client on each store, and ``docksnap.SyncClient``.
+
+    The sync client is driven through a facade that calls its blocking methods
+    from this test's running event loop (the Jupyter situation). Tests marked
+    ``white_box`` patch the async client's store, which a facade cannot offer.
+    """
+    store, api = request.param
+    store_url = (tmp_path / "store").as_uri() if store == "chunked" else "docker-volume:"
+    if api == "async":
+        async with session_client(store_url) as client:
+            yield client
+        return
+    if request.node.get_closest_marker("white_box"):
+        pytest.skip("white-box test: patches the async client's store")
+    facade = ClientFacade(
+        docksnap.SyncClient(store=store_url, labels=SESSION_LABELS), SESSION_LABELS
+    )
+    try:
+        yield facade
+    finally:
+        await facade.close()
 
 
 async def running(
@@ -144,13 +186,23 @@ async def test_cross_container_and_cross_image_restore(
 
 
 async def test_stopped_container(client: docksnap.Client, containers: Boxes) -> None:
-    """Snapshotting a stopped container is ContainerNotRunningError."""
+    """An exited container is snapshotted as it is (as `docker cp` reads it), unpaused.
+
+    The seed refused it; the moment an agent or a job has exited is when its
+    directory is most worth keeping. A missing container is still an error.
+    """
     box = client.container(unique_name())
     containers.append(box)
-    await box.start(TEST_IMAGE, entrypoint=["true"])
+    await box.start(TEST_IMAGE, entrypoint=["sh", "-c", "mkdir -p /out && echo done > /out/f"])
     assert await box.monitor() == 0
-    with pytest.raises(docksnap.ContainerNotRunningError, match="not running"):
-        await box.snapshot_directory("/tmp")
+    assert re.fullmatch(r"exited \d+ (s|min) ago, code 0", await box.describe())
+    snap = await box.snapshot_directory("/out", name="after-exit")
+    assert not box.running
+    again = await restored(client, containers, [snap])
+    assert await read_file(client, again.name, "/out/f") == b"done\n"
+    ghost = client.container(unique_name("ds-ghost"))
+    with pytest.raises(docksnap.ContainerNotFoundError, match="no such container 'ds-ghost-"):
+        await ghost.snapshot_directory("/tmp")
 
 
 async def test_unknown_snapshot_id(client: docksnap.Client, containers: Boxes) -> None:
@@ -250,23 +302,31 @@ async def test_size_limit_commits_nothing(client: docksnap.Client, containers: B
     assert (await client.snapshots.stats()).stored_bytes == 0
 
 
+@pytest.mark.white_box
 async def test_container_is_paused_while_read(client: docksnap.Client, containers: Boxes) -> None:
-    """By default the container is paused during the read; pause=False leaves it running."""
+    """By default the container is paused during the read; pause=False leaves it running.
+
+    Seen as the engine's read starts: the store may start only after the read
+    ended and the container runs again (service/spool.py).
+    """
     box = await running(client, containers, "mkdir -p /d && echo x > /d/f")
     seen: list[bool] = []
-    real_save = client.store.save
+    real_get_archive = client.docker.get_archive
 
-    async def spying_save(snapshot, tar, **kwargs):  # type: ignore[no-untyped-def]
+    @asynccontextmanager
+    async def spying_get_archive(container: str, path: str) -> AsyncIterator[ArchiveStream]:
         seen.append((await client.docker.inspect_container(box.name))["State"]["Paused"])
-        return await real_save(snapshot, tar, **kwargs)
+        async with real_get_archive(container, path) as archive:
+            yield archive
 
-    client.store.save = spying_save  # type: ignore[method-assign]
+    client.docker.get_archive = spying_get_archive  # type: ignore[method-assign]
     await box.snapshot_directory("/d")
     await box.snapshot_directory("/d", pause=False)
     assert seen == [True, False]
     assert (await client.docker.inspect_container(box.name))["State"]["Paused"] is False
 
 
+@pytest.mark.white_box
 async def test_failed_restore_leaves_nothing_behind(
     client: docksnap.Client, containers: Boxes
 ) -> None:

@@ -113,3 +113,17 @@ def test_the_walk_finds_nested_types() -> None:
     """The completeness test follows fields and results, not just signatures."""
     found = {cls.__name__ for cls in _reachable_types()}
     assert {"SnapshotSource", "Problem", "FileChange", "TarEntry", "ProgressEvent"} <= found
+
+
+@pytest.mark.parametrize(
+    ("async_cls", "sync_cls"),
+    [
+        (docksnap.Client, docksnap.SyncClient),
+        (docksnap.Container, docksnap.sync.SyncContainer),
+        (docksnap.Catalogue, docksnap.sync.SyncCatalogue),
+    ],
+)
+def test_sync_client_has_every_public_method(async_cls: type, sync_cls: type) -> None:
+    """SyncClient mirrors the async API: a method added there must be added here too."""
+    public = {n for n in dir(async_cls) if not n.startswith("_")}
+    assert public - {"docker", "store", "size_limit", "extra_labels"} <= set(dir(sync_cls))

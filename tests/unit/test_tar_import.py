@@ -168,8 +168,8 @@ def test_reencoding_keeps_no_per_member_state() -> None:
 # -- restorability ------------------------------------------------------------------------
 
 
-def _entry(path: str, kind: str = "file", link: str = "") -> TarEntry:
-    return TarEntry(path, kind, 0o644, 0, 0, 0, 0, link, 0)
+def _entry(path: str, kind: str = "file", link: str = "", uid: int = 0, gid: int = 0) -> TarEntry:
+    return TarEntry(path, kind, 0o644, uid, gid, 0, 0, link, 0)
 
 
 @pytest.mark.parametrize(
@@ -186,6 +186,13 @@ def _entry(path: str, kind: str = "file", link: str = "") -> TarEntry:
         ([_entry("n", "char")], "char members are not allowed"),
         ([_entry("up", "symlink", "../etc")], "climbs out of the archive root"),
         ([_entry("a/b/up", "symlink", "../../../x")], "climbs out of the archive root"),
+        # lchown(2) truncates to 32 bits: 2**32 would restore as root.
+        ([_entry("sh", uid=2**32)], "uid 4294967296 does not fit"),
+        ([_entry("sh", gid=2**32 - 1)], "gid 4294967295 does not fit"),
+        # Deep paths: the engine cannot create them, and they made the checks quadratic.
+        ([_entry("a/" * 2100 + "f")], "path of 4201 bytes is longer than 4096"),
+        ([_entry("l", "symlink", "a/" * 2100)], "link target of 4200 bytes"),
+        ([_entry("x" * 256)], "component longer than 255 bytes"),
     ],
 )
 def test_restorable_checker_refuses(members: list[TarEntry], reason: str) -> None:
@@ -212,6 +219,14 @@ def test_restorable_checker_accepts_what_the_engine_extracts() -> None:
         _entry("n", "char"),
     ]:
         checker.check(entry)
+
+
+def test_a_uid_beyond_32_bits_is_refused_through_the_import_path() -> None:
+    raw = pax({b"uid": b"4294967296"}) + with_data(
+        header(b"sh", b"0", size=4, mode=0o4755), b"evil"
+    )
+    with pytest.raises(UnsafeArchiveError, match="uid 4294967296"):
+        reencode(raw + END, check=RestorableChecker().check)
 
 
 def test_many_global_headers_keep_memory_bounded() -> None:

@@ -9,6 +9,7 @@ every exception into a message and the exit code of :mod:`docksnap.cli.exits`.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import logging
 import os
@@ -21,7 +22,9 @@ import click
 
 from docksnap.cli.exits import ExitCode, report
 from docksnap.cli.progress import Meter
+from docksnap.errors import DocksnapError
 from docksnap.service.client import Client
+from docksnap.service.pause import recover_stale_pauses
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +47,8 @@ class App:
     docker_host: str | None = None
     store: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    engine_timeout: float | None = None
+    stall_timeout: float | None = None
     as_json: bool = False
     quiet: bool = False
     verbose: int = 0
@@ -55,6 +60,8 @@ class App:
             store=self.store,
             labels=self.labels,
             progress=meter if meter.enabled else None,
+            engine_timeout=self.engine_timeout,
+            stall_timeout=self.stall_timeout,
         )
 
     def run(self, body: Body, *, progress: bool = True) -> None:
@@ -71,6 +78,7 @@ class App:
 
     async def _session(self, body: Body, meter: Meter) -> Result:
         async with self.open_client(meter) as client:
+            await _recover_pauses(client)
             return await body(client, meter)
 
     def emit(self, result: Result) -> None:
@@ -98,6 +106,15 @@ def _set_flag(name: str) -> Callable[[click.Context, click.Parameter, Any], None
 
 def output_options(command: _F) -> _F:
     """``--json``, ``-q`` and ``-v``, accepted after the subcommand as well as before it."""
+    return _output_options(command, ("-v", "--verbose"))
+
+
+def output_options_without_v(command: _F) -> _F:
+    """For ``run``, where ``-v`` means ``--volume`` as in ``docker run``: ``--verbose`` only."""
+    return _output_options(command, ("--verbose",))
+
+
+def _output_options(command: _F, verbose_flags: tuple[str, ...]) -> _F:
     for decorator in (
         click.option(
             "--json",
@@ -115,8 +132,7 @@ def output_options(command: _F) -> _F:
             help="No progress; print only ids.",
         ),
         click.option(
-            "-v",
-            "--verbose",
+            *verbose_flags,
             count=True,
             expose_value=False,
             callback=_set_flag("verbose"),
@@ -128,10 +144,28 @@ def output_options(command: _F) -> _F:
 
 
 class DocksnapGroup(click.Group):
-    """Reports every error of a subcommand with its message and exit code."""
+    """Reports every error of a subcommand with its message and exit code.
+
+    ``lazy_commands`` maps a command name to ``module:attribute``, imported only
+    when that command is looked up (click's lazy-loading pattern).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy_commands: dict[str, str] = {}
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return list(self.commands)  # in the order of a session, not alphabetical
+        # In the order of a session, not alphabetical.
+        return [*self.commands, *(n for n in self.lazy_commands if n not in self.commands)]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in self.lazy_commands:
+            module, _, attribute = self.lazy_commands[cmd_name].partition(":")
+            command = getattr(importlib.import_module(module), attribute)
+            if not isinstance(command, click.Command):
+                raise TypeError(f"{self.lazy_commands[cmd_name]} is not a click command")
+            self.add_command(command, cmd_name)
+        return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -144,6 +178,17 @@ class DocksnapGroup(click.Group):
             if code is ExitCode.BROKEN_PIPE:
                 _silence_stdout()
             ctx.exit(int(code))
+
+
+async def _recover_pauses(client: Client) -> None:
+    """Unpause what a killed docksnap left paused (each logged as a warning).
+
+    Costs one directory listing when nothing is stale; never fails a command.
+    """
+    try:
+        await recover_stale_pauses(client.docker, client.docker.address.url)
+    except (DocksnapError, OSError) as exc:
+        logging.getLogger(__name__).debug("could not check for stale pauses: %s", exc)
 
 
 def _silence_stdout() -> None:

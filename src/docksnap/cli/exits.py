@@ -65,6 +65,10 @@ EXIT_CODES: dict[type[BaseException], ExitCode] = {
 }
 
 _HINTS: dict[type[BaseException], str] = {
+    errors.DockerTimeoutError: (
+        "the engine stopped answering (`docker info` hangs too?); what was created was "
+        "removed. If it is only slow, raise --engine-timeout / --stall-timeout"
+    ),
     errors.DockerUnavailableError: (
         "start an engine (`scripts/setup docker`, or `sudo dockerd &`), or point "
         "--docker-host / DOCKER_HOST at one that runs"
@@ -82,6 +86,9 @@ _HINTS: dict[type[BaseException], str] = {
     errors.DirectoryNotFoundError: "check the path, e.g. `docker exec NAME ls -la DIR`",
     errors.SnapshotNotFoundError: (
         "`docksnap ls` lists this store's snapshots; --store / DOCKSNAP_STORE selects another"
+    ),
+    errors.AmbiguousSnapshotError: (
+        "give more characters of the id (`docksnap ls --no-trunc` shows them whole)"
     ),
     errors.SnapshotTooLargeError: "snapshot a smaller directory, or raise --size-limit",
     errors.SnapshotCorruptError: (
@@ -117,6 +124,11 @@ def _lookup(table: dict[type[BaseException], _T], exc: BaseException) -> _T | No
 def exit_code_for(exc: BaseException) -> ExitCode:
     """The exit code of ``exc``: its most specific class in the table, else UNEXPECTED."""
     return _lookup(EXIT_CODES, exc) or ExitCode.UNEXPECTED
+
+
+def hint_for(exc: BaseException) -> str | None:
+    """What to do about ``exc``, when there is something to say (also used by the HTTP API)."""
+    return _lookup(_HINTS, exc)
 
 
 def report(exc: BaseException, *, as_json: bool, verbose: int) -> ExitCode:
@@ -176,4 +188,4 @@ def _describe(exc: BaseException, code: ExitCode) -> tuple[str, str | None]:
         )
     if code is ExitCode.LOCAL_FILE:
         return str(exc), None
-    return str(exc), _lookup(_HINTS, exc)
+    return str(exc), hint_for(exc)

@@ -7,6 +7,7 @@ import click
 from docksnap import __version__
 from docksnap.cli.app import App, DocksnapGroup, output_options, parse_pairs
 from docksnap.cli.commands import beyond, catalogue, containers, demo, transfer
+from docksnap.cli.params import SECONDS
 
 
 @click.group(
@@ -27,6 +28,22 @@ from docksnap.cli.commands import beyond, catalogue, containers, demo, transfer
     help="Snapshot store: file:///path, s3://bucket/prefix or docker-volume:. "
     "[env DOCKSNAP_STORE; default file://$XDG_DATA_HOME/docksnap]",
 )
+@click.option(
+    "--engine-timeout",
+    envvar="DOCKSNAP_ENGINE_TIMEOUT",
+    type=SECONDS,
+    metavar="SECONDS",
+    help="Give up on an engine call that gets no answer for this long. "
+    "[env DOCKSNAP_ENGINE_TIMEOUT; default 120]",
+)
+@click.option(
+    "--stall-timeout",
+    envvar="DOCKSNAP_STALL_TIMEOUT",
+    type=SECONDS,
+    metavar="SECONDS",
+    help="Give up on an archive stream that moves no byte for this long. "
+    "[env DOCKSNAP_STALL_TIMEOUT; default 120]",
+)
 # Labels for everything docksnap creates: how the tests find what they leaked.
 @click.option("--labels", envvar="DOCKSNAP_LABELS", hidden=True, metavar="K=V,...")
 @output_options
@@ -34,7 +51,14 @@ from docksnap.cli.commands import beyond, catalogue, containers, demo, transfer
     __version__, "--version", prog_name="docksnap", message="%(prog)s %(version)s"
 )
 @click.pass_context
-def cli(ctx: click.Context, docker_host: str | None, store: str | None, labels: str | None) -> None:
+def cli(
+    ctx: click.Context,
+    docker_host: str | None,
+    store: str | None,
+    labels: str | None,
+    engine_timeout: float | None,
+    stall_timeout: float | None,
+) -> None:
     """Durable directories for Docker containers: snapshot a directory of a
     running container, restore it into new ones.
 
@@ -50,11 +74,14 @@ def cli(ctx: click.Context, docker_host: str | None, store: str | None, labels: 
     app.docker_host = docker_host or None
     app.store = store or None
     app.labels = parse_pairs(labels, "DOCKSNAP_LABELS")
+    app.engine_timeout = engine_timeout
+    app.stall_timeout = stall_timeout
 
 
 for command in (
     containers.run,
     containers.snapshot,
+    containers.restore,
     beyond.snapshot_container,
     catalogue.ls,
     catalogue.show,
@@ -74,6 +101,11 @@ for command in (
     demo.demo,
 ):
     cli.add_command(command)
+
+# Imported only when run (or listed by --help): `serve` brings the whole ASGI stack
+# (FastAPI, pydantic, uvicorn), which no other command needs. It lives in
+# docksnap.http, which sits above the CLI and reuses its options and exit codes.
+cli.lazy_commands["serve"] = "docksnap.http.command:serve"
 
 
 def main() -> None:

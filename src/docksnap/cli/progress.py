@@ -53,7 +53,24 @@ class _BytesColumn(ProgressColumn):
         if not task.fields.get("stream"):
             return Text("")
         done = render.size(task.completed)
-        return Text(done if task.total is None else f"{done} / {render.size(task.total)}")
+        if task.total is None:
+            return Text(done)
+        about = "~" if task.fields.get("estimated") else ""
+        return Text(f"{done} / {about}{render.size(task.total)}")
+
+
+class _TimeLeftColumn(ProgressColumn):
+    """``eta 0:00:12`` while a stream of known (or estimated) size moves; else nothing."""
+
+    def __init__(self) -> None:
+        super().__init__(table_column=Column(no_wrap=True))
+
+    def render(self, task: Task) -> Text:
+        left = task.time_remaining
+        if not task.fields.get("stream") or task.total is None or task.finished or left is None:
+            return Text("")
+        minutes, seconds = divmod(int(left), 60)
+        return Text(f"eta {minutes // 60}:{minutes % 60:02d}:{seconds:02d}")
 
 
 class _RateColumn(ProgressColumn):
@@ -76,6 +93,15 @@ class Meter:
         self._progress: Progress | None = None
         self._tasks: dict[int, tuple[contextlib.ExitStack, Callable[[int], None]]] = {}
         self._names: dict[Operation, str] = {}
+        self._expected: dict[Operation, int] = {}
+
+    def expect(self, operation: Operation, total: int) -> None:
+        """An estimate of the size of this command's next ``operation`` stream.
+
+        Its bar then shows a total (marked ``~``) and a time left; a stream
+        with neither a size nor an estimate stays indeterminate.
+        """
+        self._expected[operation] = total
 
     @classmethod
     def for_stderr(cls, *, quiet: bool) -> Meter:
@@ -106,8 +132,11 @@ class Meter:
         if event.phase is Phase.STARTED:
             stack = contextlib.ExitStack()
             stream = event.operation not in _PASSES
+            total, estimated = event.bytes_total, False
+            if total is None and event.operation in self._expected:
+                total, estimated = self._expected.pop(event.operation), True
             advance = stack.enter_context(
-                self._task(self._describe(event), event.bytes_total, stream=stream)
+                self._task(self._describe(event), total, stream=stream, estimated=estimated)
             )
             self._tasks[event.task] = (stack, advance)
             return
@@ -133,13 +162,13 @@ class Meter:
 
     @contextlib.contextmanager
     def _task(
-        self, description: str, total: int | None, *, stream: bool
+        self, description: str, total: int | None, *, stream: bool, estimated: bool = False
     ) -> Iterator[Callable[[int], None]]:
         progress = self._start()
         if progress is None:
             yield lambda n: None
             return
-        task = progress.add_task(description, total=total, stream=stream)
+        task = progress.add_task(description, total=total, stream=stream, estimated=estimated)
         done = 0
 
         def advance(upto: int) -> None:
@@ -170,6 +199,7 @@ class Meter:
                 _BytesColumn(),
                 _RateColumn(),
                 TimeElapsedColumn(),
+                _TimeLeftColumn(),
                 console=self._console,
                 transient=True,
                 # Output is printed after the display stops; nothing to redirect.

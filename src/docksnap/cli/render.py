@@ -7,7 +7,10 @@ would be noise, so styling is left to the progress display on stderr.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import stat
+import sys
 import time
 from collections.abc import Sequence
 
@@ -16,6 +19,9 @@ from docksnap.report import CaptureReport
 from docksnap.service.archive import changed_fields
 from docksnap.tarstream import TarEntry
 
+#: Id characters ``ls`` shows (more when needed to keep them unique), as progress bars do.
+SHORT_ID = 8
+_MIN_CUT = 6
 _UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB")
 _TYPE_BITS = {
     "file": stat.S_IFREG,
@@ -117,10 +123,38 @@ def table(
     return [line(headers), *(line(r) for r in rows)]
 
 
-def snapshot_table(infos: Sequence[SnapshotInfo], kinds: Sequence[str] | None = None) -> list[str]:
+def output_width() -> int | None:
+    """The width to fit tables to: ``COLUMNS``, else the terminal's; ``None`` for a pipe."""
+    if os.environ.get("COLUMNS", "").isdigit() or sys.stdout.isatty():
+        return shutil.get_terminal_size().columns
+    return None
+
+
+def short_ids(ids: Sequence[str], minimum: int = SHORT_ID) -> dict[str, str]:
+    """Each id's shortest prefix (at least ``minimum`` characters) unique among ``ids``."""
+    length = minimum
+    while len({i[:length] for i in ids}) < len(set(ids)) and length < 36:
+        length += 1
+    return {i: i[:length] for i in ids}
+
+
+def snapshot_table(
+    infos: Sequence[SnapshotInfo],
+    kinds: Sequence[str] | None = None,
+    *,
+    short_ids: bool = False,
+    width: int | None = None,
+) -> list[str]:
+    """The snapshot table; ``kinds`` adds a KIND column, ``short_ids`` prints unique
+    id prefixes, ``width`` fits it.
+
+    To fit, the CONTAINER then CREATED columns are dropped, then NAME and DIR
+    are cut (ending in ``…``) down to a few characters each.
+    """
+    shown = _short_ids_of(infos) if short_ids else {i.id: i.id for i in infos}
     rows = [
         [
-            i.id,
+            shown[i.id],
             i.name or "-",
             i.dir,
             size(i.size),
@@ -134,7 +168,42 @@ def snapshot_table(infos: Sequence[SnapshotInfo], kinds: Sequence[str] | None = 
         headers.append("KIND")
         for row, kind in zip(rows, kinds, strict=True):
             row.append(kind)
+    if width is not None:
+        headers, rows = _fit(headers, rows, width)
     return table(headers, rows, frozenset({3}))
+
+
+def _short_ids_of(infos: Sequence[SnapshotInfo]) -> dict[str, str]:
+    return short_ids([i.id for i in infos])
+
+
+def _fit(
+    headers: list[str], rows: list[list[str]], width: int
+) -> tuple[list[str], list[list[str]]]:
+    def total() -> int:
+        return sum(max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)) + 2 * (
+            len(headers) - 1
+        )
+
+    for dropped in ("CONTAINER", "CREATED"):
+        if total() <= width:
+            break
+        column = headers.index(dropped)
+        headers = headers[:column] + headers[column + 1 :]
+        rows = [r[:column] + r[column + 1 :] for r in rows]
+    for cut in ("DIR", "NAME"):
+        excess = total() - width
+        if excess <= 0:
+            break
+        column = headers.index(cut)
+        widest = max([len(headers[column]), *(len(r[column]) for r in rows)])
+        keep = max(_MIN_CUT, widest - excess)
+        rows = [[*r[:column], _cut(r[column], keep), *r[column + 1 :]] for r in rows]
+    return headers, rows
+
+
+def _cut(text: str, keep: int) -> str:
+    return text if len(text) <= keep else text[: keep - 1] + "…"
 
 
 def report_line(report: CaptureReport) -> str:

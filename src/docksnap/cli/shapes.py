@@ -12,6 +12,7 @@ from typing import Any
 from docksnap.cli.render import xattr_value
 from docksnap.model import DirectorySnapshot
 from docksnap.service.archive import SnapshotDiff
+from docksnap.service.orphans import OrphanReport
 from docksnap.store.base import GcReport, SnapshotInfo, StoreStats, VerifyReport
 from docksnap.tarstream import TarEntry
 
@@ -87,12 +88,13 @@ def verify(report: VerifyReport) -> JSON:
     }
 
 
-def gc(expired: Sequence[str], report: GcReport) -> JSON:
+def gc(expired: Sequence[str], report: GcReport, orphans: OrphanReport) -> JSON:
     return {
         "expired": list(expired),
         "objects_deleted": report.objects_deleted,
         "bytes_deleted": report.bytes_deleted,
         "objects_kept_young": report.objects_kept_young,
+        "orphans": {"containers": list(orphans.containers), "volumes": list(orphans.volumes)},
     }
 
 

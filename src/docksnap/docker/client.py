@@ -13,6 +13,14 @@ bench/README.md, measures the first):
 * Bodies are never read whole: JSON answers are capped at 16 MiB, and archives
   stream through in the transport's own buffers in both directions.
 
+Timeouts: a hung engine must not hang docksnap. Every call has a deadline for
+the engine's answer (``call_timeout``, default 120 s: no engine call docksnap
+makes needs longer), and every archive stream a stall timeout (``stall_timeout``,
+default 120 s without a single byte either way), which never cuts a slow stream
+that still moves. Waiting for a container to exit is the one call without a
+deadline. Both come from the constructor, else ``DOCKSNAP_ENGINE_TIMEOUT`` and
+``DOCKSNAP_STALL_TIMEOUT``; running out raises :class:`DockerTimeoutError`.
+
 Paths carry no API version prefix, so the engine speaks its own current version;
 every field used here has been stable since API 1.25.
 """
@@ -25,17 +33,78 @@ import os
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import httpx
 
-from docksnap.errors import DockerError, DockerUnavailableError
+from docksnap.errors import (
+    DockerError,
+    DockerTimeoutError,
+    DockerUnavailableError,
+    InvalidArgumentError,
+)
 
 MAX_JSON_RESPONSE = 16 * 1024 * 1024
 DEFAULT_UNIX_SOCKET = "/var/run/docker.sock"
 
+DEFAULT_CONNECT_TIMEOUT = 10.0
+DEFAULT_CALL_TIMEOUT = 120.0
+DEFAULT_STALL_TIMEOUT = 120.0
+CALL_TIMEOUT_ENV = "DOCKSNAP_ENGINE_TIMEOUT"
+STALL_TIMEOUT_ENV = "DOCKSNAP_STALL_TIMEOUT"
+
 JSON = dict[str, Any]
+Deadline = Literal["call", "stream", "wait"]
+
+
+@dataclass(frozen=True, slots=True)
+class EngineTimeouts:
+    """Seconds docksnap waits on the engine before giving up (see the module docstring)."""
+
+    call: float = DEFAULT_CALL_TIMEOUT
+    stall: float = DEFAULT_STALL_TIMEOUT
+    connect: float = DEFAULT_CONNECT_TIMEOUT
+
+    @classmethod
+    def resolve(
+        cls,
+        call: float | None = None,
+        stall: float | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> EngineTimeouts:
+        """The given values, else the environment's, else the defaults; each checked."""
+        env = os.environ if env is None else env
+        return cls(
+            call=_seconds(call, env, CALL_TIMEOUT_ENV, DEFAULT_CALL_TIMEOUT, "engine timeout"),
+            stall=_seconds(stall, env, STALL_TIMEOUT_ENV, DEFAULT_STALL_TIMEOUT, "stall timeout"),
+        )
+
+    def for_kind(self, kind: Deadline) -> httpx.Timeout:
+        """``call``: a plain request; ``stream``: an archive; ``wait``: no read deadline."""
+        if kind == "stream":
+            return httpx.Timeout(self.call, connect=self.connect, read=self.stall, write=self.stall)
+        if kind == "wait":
+            return httpx.Timeout(self.call, connect=self.connect, read=None)
+        return httpx.Timeout(self.call, connect=self.connect)
+
+
+def _seconds(
+    value: float | None, env: Mapping[str, str], name: str, default: float, what: str
+) -> float:
+    if value is None:
+        text = env.get(name)
+        if not text:
+            return default
+        try:
+            value = float(text)
+        except ValueError:
+            raise InvalidArgumentError(
+                f"{name} must be a number of seconds, got {text!r}"
+            ) from None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1e9:
+        raise InvalidArgumentError(f"{what} must be a positive number of seconds, got {value!r}")
+    return float(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,8 +166,15 @@ class DockerClient:
     a 4xx is permanent).
     """
 
-    def __init__(self, host: str | None = None) -> None:
+    def __init__(
+        self,
+        host: str | None = None,
+        *,
+        call_timeout: float | None = None,
+        stall_timeout: float | None = None,
+    ) -> None:
         self.address = EngineAddress.from_env(host)
+        self.timeouts = EngineTimeouts.resolve(call_timeout, stall_timeout)
         transport = httpx.AsyncHTTPTransport(
             uds=self.address.uds,
             verify=self.address.verify,
@@ -108,9 +184,8 @@ class DockerClient:
         self._http = httpx.AsyncClient(
             transport=transport,
             base_url=self.address.base_url,
-            # Archive streams of many GB take as long as they take; only the
-            # connect phase gets a deadline.
-            timeout=httpx.Timeout(connect=10.0, read=None, write=None, pool=None),
+            # Each request sets its own (see _send); this is the plain call's.
+            timeout=self.timeouts.for_kind("call"),
             headers={"Accept-Encoding": "identity"},
         )
 
@@ -132,16 +207,31 @@ class DockerClient:
         content: AsyncIterable[bytes] | None = None,
         headers: Mapping[str, str] | None = None,
         ok: tuple[int, ...] = (200, 201, 204),
+        deadline: Deadline = "call",
     ) -> AsyncIterator[httpx.Response]:
-        """Send one request; yield the streaming response if its status is in ``ok``."""
+        """Send one request; yield the streaming response if its status is in ``ok``.
+
+        ``deadline`` is the kind of deadline (:meth:`EngineTimeouts.for_kind`). A
+        deadline that passes, while sending or while the body is read, is a
+        :class:`DockerTimeoutError`; the connection is closed either way.
+        """
         hdrs = dict(headers or {})
         data: bytes | AsyncIterable[bytes] | None = content
         if body is not None:
             data = json.dumps(body).encode()
             hdrs["Content-Type"] = "application/json"
-        request = self._http.build_request(method, path, params=params, content=data, headers=hdrs)
+        request = self._http.build_request(
+            method,
+            path,
+            params=params,
+            content=data,
+            headers=hdrs,
+            timeout=self.timeouts.for_kind(deadline),
+        )
         try:
             response = await self._http.send(request, stream=True)
+        except httpx.TimeoutException as exc:
+            raise self._timed_out(exc, operation, deadline) from exc
         except httpx.TransportError as exc:
             raise DockerUnavailableError(self.address.url, f"{type(exc).__name__}: {exc}") from exc
         try:
@@ -150,12 +240,25 @@ class DockerClient:
                     response.status_code, await self._error_message(response), operation=operation
                 )
             yield response
+        except httpx.TimeoutException as exc:
+            raise self._timed_out(exc, operation, deadline) from exc
         except httpx.TransportError as exc:
             raise DockerUnavailableError(
                 self.address.url, f"connection lost during {operation}: {exc}"
             ) from exc
         finally:
             await response.aclose()
+
+    def _timed_out(
+        self, exc: httpx.TimeoutException, operation: str, kind: Deadline
+    ) -> DockerTimeoutError:
+        if isinstance(exc, httpx.ConnectTimeout):
+            seconds = self.timeouts.connect
+        elif kind == "stream" and isinstance(exc, httpx.ReadTimeout | httpx.WriteTimeout):
+            seconds = self.timeouts.stall
+        else:
+            seconds = self.timeouts.call
+        return DockerTimeoutError(self.address.url, operation, seconds)
 
     async def _error_message(self, response: httpx.Response) -> str:
         raw = await self._read_capped(response)
@@ -213,9 +316,14 @@ class DockerClient:
         )
         return result
 
-    async def list_containers(self, labels: Mapping[str, str]) -> list[JSON]:
-        """All containers (running or not) carrying every label in ``labels``."""
+    async def list_containers(
+        self, labels: Mapping[str, str], *, volume: str | None = None
+    ) -> list[JSON]:
+        """All containers (running or not) carrying every label in ``labels``
+        (and mounting ``volume``, when given)."""
         filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
+        if volume is not None:
+            filters["volume"] = [volume]
         result: list[JSON] = await self._json(
             "GET",
             "/containers/json",
@@ -231,6 +339,7 @@ class DockerClient:
             f"/containers/{container}/wait",
             operation="wait for container",
             params={"condition": "not-running"},
+            deadline="wait",
         )
         return int(result["StatusCode"])
 
@@ -249,14 +358,29 @@ class DockerClient:
         await self._json("POST", f"/containers/{container}/unpause", operation="unpause container")
 
     async def remove_container(self, container: str) -> None:
-        """Force-remove a container (running or not). Idempotent: a missing one is fine."""
+        """Force-remove a container (running or not). Idempotent: a missing one is fine,
+        and so is one whose removal is already in progress (409: a removal whose
+        answer timed out goes on in the engine)."""
         await self._json(
             "DELETE",
             f"/containers/{container}",
             operation="remove container",
             params={"force": "true"},
-            ok=(204, 404),
+            ok=(204, 404, 409),
         )
+
+    # -- networks ---------------------------------------------------------------
+
+    async def inspect_network(self, name: str) -> JSON | None:
+        """The network's description, or ``None`` when it does not exist. Read-only."""
+        async with self._send(
+            "GET", f"/networks/{name}", operation="inspect network", ok=(200, 404)
+        ) as response:
+            raw = await self._read_capped(response)
+            if response.status_code == 404:
+                return None
+        result: JSON = json.loads(raw)
+        return result
 
     # -- volumes ----------------------------------------------------------------
 
@@ -326,6 +450,7 @@ class DockerClient:
             f"/containers/{container}/archive",
             operation="read archive",
             params={"path": path},
+            deadline="stream",
         ) as response:
             yield ArchiveStream(chunks=response.aiter_raw())
 
@@ -349,6 +474,7 @@ class DockerClient:
             params={"path": path, "noOverwriteDirNonDir": "true"},
             content=tar,
             headers=headers,
+            deadline="stream",
         ) as response:
             await self._read_capped(response)
 

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from typing import Any
 
+from docksnap import labels as lbl
 from docksnap.docker.client import DockerClient
+from docksnap.errors import DockerError, DockerUnavailableError
 
 HELPER_MOUNT = "/mnt"
+HELPER_NAME_PREFIX = "docksnap-helper-"
+_REMOVE_ATTEMPTS = 3
+log = logging.getLogger(__name__)
 
 
 @contextlib.asynccontextmanager
@@ -21,13 +28,35 @@ async def helper_container(
     The engine mounts a created container's volumes for archive calls, so data
     moves in and out of the volume without running anything from the image.
     The helper is force-removed on exit, also when the body fails or is
-    cancelled, so a helper never outlives the operation that made it.
+    cancelled, so a helper never outlives the operation that made it. When the
+    process dies first (SIGKILL), its creator label lets ``gc`` and the removal
+    of the volume's owner find it (:mod:`docksnap.service.orphans`).
     """
-    helper = await docker.create_container(
-        None,
+    # Named, so that a helper the engine created although its answer was lost
+    # (a dropped connection) can still be found and removed.
+    name = HELPER_NAME_PREFIX + uuid.uuid4().hex
+    try:
+        helper = await _create(docker, name, image, volume, labels)
+    except BaseException:
+        await asyncio.shield(_remove(docker, name, quietly=True))
+        raise
+    # Shielded so that a cancelled operation still removes its helper.
+    try:
+        yield helper
+    except BaseException:
+        await asyncio.shield(_remove(docker, helper, quietly=True))
+        raise
+    await asyncio.shield(_remove(docker, helper, quietly=False))
+
+
+async def _create(
+    docker: DockerClient, name: str, image: str, volume: str, labels: Mapping[str, str]
+) -> str:
+    return await docker.create_container(
+        name,
         {
             "Image": image,
-            "Labels": dict(labels),
+            "Labels": {**labels, **lbl.creator_fields()},
             # Never started; an entrypoint that exists in any image keeps create
             # from failing on images without a default command.
             "Entrypoint": ["/"],
@@ -38,11 +67,26 @@ async def helper_container(
             },
         },
     )
-    try:
-        yield helper
-    finally:
-        # Shielded so that a cancelled operation still removes its helper.
-        await asyncio.shield(docker.remove_container(helper))
+
+
+async def _remove(docker: DockerClient, helper: str, *, quietly: bool) -> None:
+    """Remove the helper, retrying: a helper left behind pins its volume.
+
+    ``quietly`` (the operation already failed): a removal that keeps failing is
+    logged, not raised, so that the caller sees the original error; the helper
+    is then an orphan for ``gc`` or the owner's removal to find.
+    """
+    for attempt in range(_REMOVE_ATTEMPTS):
+        try:
+            await docker.remove_container(helper)
+            return
+        except (DockerError, DockerUnavailableError) as exc:
+            if attempt < _REMOVE_ATTEMPTS - 1:
+                await asyncio.sleep(0.2 * (attempt + 1))
+            elif quietly:
+                log.warning("helper container %s was not removed: %s", helper[:12], exc)
+            else:
+                raise
 
 
 class HelperVolumes:

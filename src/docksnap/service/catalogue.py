@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from itertools import groupby
 
-from docksnap.errors import InvalidArgumentError
+from docksnap.errors import AmbiguousSnapshotError, InvalidArgumentError, SnapshotNotFoundError
 from docksnap.model import DirectorySnapshot, SnapshotInfo, SnapshotSource, new_snapshot_id
 from docksnap.report import CaptureReport
 from docksnap.service import metadata, options
@@ -31,6 +32,12 @@ from docksnap.store.copy import CopyReport, copy_snapshot
 from docksnap.tarstream import TarEntry
 
 DEFAULT_GC_GRACE = 3600.0
+#: The shortest id prefix ``resolve`` accepts, as a guard against matching by accident.
+MIN_PREFIX = 4
+#: ``name:NAME`` references the newest snapshot called NAME.
+NAME_REF = "name:"
+_FULL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_PREFIX = re.compile(rf"(?i)[0-9a-f-]{{{MIN_PREFIX},36}}")
 
 # Catalogue.list shadows the builtin inside the class body.
 Infos = list[SnapshotInfo]
@@ -75,6 +82,50 @@ class Catalogue:
     async def get(self, snapshot_id: str) -> SnapshotInfo:
         return await self._store.get(snapshot_id)
 
+    async def resolve(self, ref: str) -> SnapshotInfo:
+        """The snapshot a reference names: a full id, a unique id prefix, or ``name:NAME``.
+
+        - a full id: that snapshot (:class:`SnapshotNotFoundError` if absent);
+        - a prefix of at least 4 characters of an id: the one snapshot whose id
+          starts with it; several raise :class:`AmbiguousSnapshotError`, which
+          lists them;
+        - ``name:NAME``: the newest snapshot called NAME; ``name:NAME~N`` the
+          one N before it (``~0`` is the newest), as in git.
+
+        Read-only. A prefix or name needs a listing of the store (one request
+        per snapshot on some stores); a full id is one lookup.
+        """
+        if not isinstance(ref, str) or not ref:
+            raise InvalidArgumentError(f"invalid snapshot reference {ref!r}")
+        if ref.startswith(NAME_REF):
+            return await self._by_name(ref)
+        if _FULL_ID.fullmatch(ref):
+            return await self._store.get(ref)
+        if not _PREFIX.fullmatch(ref):
+            raise InvalidArgumentError(
+                f"invalid snapshot reference {ref!r}: use an id, a prefix of at least "
+                f"{MIN_PREFIX} characters of one, or name:NAME"
+            )
+        wanted = ref.lower()
+        matches = [info for info in await self._sorted() if info.id.startswith(wanted)]
+        if not matches:
+            raise SnapshotNotFoundError(ref)
+        if len(matches) > 1:
+            raise AmbiguousSnapshotError(ref, [info.id for info in matches])
+        return matches[0]
+
+    async def _by_name(self, ref: str) -> SnapshotInfo:
+        name, _, back = ref[len(NAME_REF) :].partition("~")
+        if not name or (back and not back.isdigit()):
+            raise InvalidArgumentError(
+                f"invalid snapshot reference {ref!r}: use name:NAME or name:NAME~N"
+            )
+        same_name = [info async for info in self.list(name=name)]
+        index = int(back or 0)
+        if index >= len(same_name):
+            raise SnapshotNotFoundError(ref)
+        return same_name[index]
+
     async def delete(self, snapshot_id: str) -> None:
         await self._store.delete(snapshot_id)
 
@@ -109,21 +160,31 @@ class Catalogue:
             await self._store.delete(snapshot_id)
         return expired
 
-    async def prune(self, *, keep_last: int, per_name: bool = True) -> Ids:
+    async def prune(
+        self,
+        *,
+        keep_last: int,
+        per_name: bool = True,
+        name: str | None = None,
+        dry_run: bool = False,
+    ) -> Ids:
         """Keep the newest ``keep_last`` snapshots (of each name); delete the rest.
 
         With ``per_name`` each name (unnamed snapshots together) keeps its own
-        newest ``keep_last``. Returns the deleted ids.
+        newest ``keep_last``. ``name`` limits the pruning to the snapshots of
+        that name; ``dry_run`` deletes nothing. Returns the (would-be) deleted ids.
         """
         keep_last = options.keep_last(keep_last)
         infos = await self._sorted()
+        if name is not None:
+            infos = [info for info in infos if info.name == name]
         if per_name:
             infos.sort(key=lambda i: (i.name or "", -i.created_at))
             groups: list[Infos] = [[*g] for _, g in groupby(infos, key=lambda i: i.name or "")]
         else:
             groups = [infos]
         doomed = [info.id for group in groups for info in group[keep_last:]]
-        for snapshot_id in doomed:
+        for snapshot_id in [] if dry_run else doomed:
             await self._store.delete(snapshot_id)
         return doomed
 

@@ -10,8 +10,9 @@ from docksnap.docker import DockerClient, HelperVolumes
 from docksnap.errors import InvalidArgumentError
 from docksnap.labels import PREFIX
 from docksnap.service import options
-from docksnap.service.catalogue import Catalogue
+from docksnap.service.catalogue import DEFAULT_GC_GRACE, Catalogue
 from docksnap.service.container import Container, ContainerContext
+from docksnap.service.orphans import OrphanReport, reap_orphans
 from docksnap.service.progress import ProgressHook
 from docksnap.store import SnapshotStore, default_store_url, open_store
 
@@ -29,6 +30,10 @@ class Client:
     stream the client moves (see :mod:`docksnap.service.progress` for the rules).
     ``helper_image`` is the image the ``docker-volume:`` store makes its helper
     containers from (default: each snapshot's source image); other stores ignore it.
+    ``engine_timeout`` (seconds for any engine call to answer) and
+    ``stall_timeout`` (seconds an archive stream may go without a byte) default
+    to ``DOCKSNAP_ENGINE_TIMEOUT`` / ``DOCKSNAP_STALL_TIMEOUT``, else 120 s each;
+    running out raises :class:`~docksnap.errors.DockerTimeoutError`.
     """
 
     def __init__(
@@ -40,13 +45,17 @@ class Client:
         labels: Mapping[str, str] | None = None,
         progress: ProgressHook | None = None,
         helper_image: str | None = None,
+        engine_timeout: float | None = None,
+        stall_timeout: float | None = None,
     ) -> None:
         size_limit = options.size_limit(size_limit)
         extra_labels = options.labels(labels, PREFIX)
         if progress is not None and not callable(progress):
             raise InvalidArgumentError(f"progress must be callable, got {progress!r}")
         self._helper_image = options.helper_image(helper_image)
-        self.docker = DockerClient(docker_host)
+        self.docker = DockerClient(
+            docker_host, call_timeout=engine_timeout, stall_timeout=stall_timeout
+        )
         self.size_limit = size_limit
         self.extra_labels = extra_labels
         self.progress = progress
@@ -80,6 +89,16 @@ class Client:
         if not isinstance(name, str) or not name or "/" in name:
             raise InvalidArgumentError(f"invalid container name {name!r}")
         return Container(self._context, name, self._turns.setdefault(name, asyncio.Lock()))
+
+    async def reap_orphans(self, *, grace: float = DEFAULT_GC_GRACE) -> OrphanReport:
+        """Remove helper containers and restore volumes a dead docksnap left behind.
+
+        Only resources carrying this client's labels; see :mod:`docksnap.service.orphans`
+        for what counts as an orphan (never what a live docksnap uses).
+        """
+        if grace < 0:
+            raise InvalidArgumentError(f"grace must be >= 0 seconds, got {grace!r}")
+        return await reap_orphans(self.docker, grace=grace, labels=self.extra_labels)
 
     async def close(self) -> None:
         """Close the store and the engine connection; idempotent."""

@@ -10,11 +10,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
+import os
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from docksnap import labels as lbl
@@ -30,6 +34,7 @@ from docksnap.errors import (
     DockerError,
     InvalidArgumentError,
     SnapshotTooLargeError,
+    StoreError,
 )
 from docksnap.model import (
     DirectorySnapshot,
@@ -40,9 +45,13 @@ from docksnap.model import (
 )
 from docksnap.service import container_snapshot as cs
 from docksnap.service import excludes as excludes_mod
-from docksnap.service import options
+from docksnap.service import options, runopts
 from docksnap.service.capture import Capture, read_ignore_file
+from docksnap.service.orphans import remove_helpers_of
+from docksnap.service.pause import PauseHold, no_pause, paused
 from docksnap.service.progress import Operation, ProgressHook, track
+from docksnap.service.restore_plan import check_restored_symlinks
+from docksnap.service.spool import DEFAULT_SPOOL_LIMIT, read_ahead, spool_directory
 from docksnap.store import SnapshotStore, TarReader
 from docksnap.tarstream import build_dirs_tar
 
@@ -93,6 +102,17 @@ class Container:
         self.running = bool(state and state.get("Running"))
         return self.running
 
+    async def describe(self) -> str:
+        """The container's state in words, as messages show it; updates ``running``.
+
+        ``running``, ``paused``, ``exited 3 s ago, code 0``, ``created, never
+        started``. :class:`ContainerNotFoundError` if there is no such container.
+        """
+        state = await self._require_exists()
+        if state.get("Paused"):
+            return "paused"
+        return "running" if self.running else describe_stopped(state)
+
     # -- lifecycle ------------------------------------------------------------------
 
     async def start(
@@ -104,6 +124,18 @@ class Container:
         enable_internet: bool = False,
         snapshots: Iterable[DirectorySnapshot | SnapshotRestore] = (),
         container_snapshot: DirectorySnapshot | None = None,
+        command: Sequence[str] | None = None,
+        env_file: str | os.PathLike[str] | None = None,
+        publish: Sequence[str] = (),
+        volumes: Sequence[str] = (),
+        user: str | None = None,
+        workdir: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        network: str | None = None,
+        memory: str | int | None = None,
+        cpus: float | str | None = None,
+        restart: str | None = None,
+        remove: bool = False,
     ) -> None:
         """Create the container, restore ``snapshots`` into it, then start it.
 
@@ -116,14 +148,45 @@ class Container:
         ``container_snapshot`` (from :meth:`snapshot_container`) makes the
         container's filesystem ``image`` plus that snapshot's changes, deleted
         files included (:mod:`docksnap.service.container_snapshot`).
+
+        The other keywords are ``docker run``'s options, in its value formats
+        (see :mod:`docksnap.service.runopts`): ``command`` (the arguments after
+        the image, given to ``entrypoint``), ``env_file`` (read before ``env``,
+        which wins), ``publish=["127.0.0.1:8080:80"]``, ``volumes=["/host:/ctr:ro",
+        "name:/data"]``, ``user``, ``workdir``, ``labels``, ``network`` (by default
+        ``"none"``, or the engine's bridge with ``enable_internet``),
+        ``memory="512m"``, ``cpus=1.5``, ``restart="on-failure:3"`` and ``remove``
+        (docker's ``--rm``). Publishing a port needs a network that can publish.
+        A restore's target may not overlap a ``volumes`` target: its data would
+        land in the bind source or the named volume.
         """
         restores = _plan_restores(snapshots)
-        config = _container_config(image, entrypoint, env, enable_internet)
+        run = runopts.run_options(
+            command=command,
+            publish=publish,
+            volumes=volumes,
+            user=user,
+            workdir=workdir,
+            labels=labels,
+            network=network,
+            memory=memory,
+            cpus=cpus,
+            restart=restart,
+            remove=remove,
+        )
+        _check_network(run, enable_internet)
+        _check_overlaps(restores, run.volume_targets)
+        environment = {**(runopts.read_env_file(env_file) if env_file else {}), **(env or {})}
+        config = _container_config(image, entrypoint, environment, enable_internet)
+        run.apply(config)
+        if run.publish:
+            await self._check_can_publish(run.network or "bridge")
         ids = list(dict.fromkeys(r.snapshot.id for r in restores))
         async with self._turn:
             await self._clear_previous()
             for snapshot_id in ids:
                 await self._store.get(snapshot_id)
+            await check_restored_symlinks(self._store, restores)
             for restore in restores:
                 await cs.refuse_as_directory_snapshot(self._store, restore.snapshot)
             if container_snapshot is not None:
@@ -133,19 +196,30 @@ class Container:
                     config["Image"] = await cs.image_with_snapshot(
                         self._context, image, container_snapshot, owner=self.name
                     )
-                await self._create_with_restores(image, config, restores)
+                await self._create_with_restores(image, config, restores, run.labels)
                 await self._docker.start_container(self.name)
             except BaseException as exc:
                 await asyncio.shield(self._remove_everything())
                 if isinstance(exc, DockerError) and exc.operation == "start container":
                     raise ContainerStartError(
-                        self.name, f"container {self.name!r} failed to start: {exc.message}"
+                        self.name,
+                        f"container {self.name!r} failed to start: {exc.message}"
+                        + _network_advice(exc.message),
                     ) from exc
                 raise
             self.running = True
+        await self._record_use(ids)
+
+    async def _record_use(self, ids: list[str]) -> None:
+        """Count the restores as uses (for TTLs). Best effort: the container already
+        runs, and a full or failing store must not turn its start into an error
+        that leaves the caller believing it did not start."""
         now = time.time()
         for snapshot_id in ids:
-            await self._store.touch(snapshot_id, now)
+            try:
+                await self._store.touch(snapshot_id, now)
+            except StoreError as exc:
+                log.warning("could not record the use of snapshot %s: %s", snapshot_id, exc)
 
     async def monitor(self) -> int:
         """Wait until the container stops; return its exit code.
@@ -163,7 +237,7 @@ class Container:
         """Send signal number ``signo`` to the container's main process."""
         options.signal_number(signo)
         async with self._turn:
-            await self._require_running("signal()")
+            await self._require_running()
             try:
                 await self._docker.kill_container(self.name, signo)
             except DockerError as exc:
@@ -190,12 +264,23 @@ class Container:
         exclude: Sequence[str] = (),
         ignore_file: bool = False,
         strict: bool = False,
+        spool_limit: int = DEFAULT_SPOOL_LIMIT,
     ) -> DirectorySnapshot:
-        """Snapshot ``dir`` of the running container into the client's store.
+        """Snapshot ``dir`` of the container into the client's store.
 
-        The container is paused while its archive is read, so the snapshot is
-        consistent (as ``docker commit`` does); ``pause=False`` opts out. Going
-        over ``size_limit`` bytes (default: the client's) stores nothing. The
+        A running container is paused while the engine reads its archive, so the
+        snapshot is consistent (as ``docker commit`` does), and only that long:
+        when the store is slower than the engine, the rest of the archive waits
+        in a private spool file of at most ``spool_limit`` bytes (0: no spool;
+        past it the read waits for the store and the pause lasts longer), see
+        ``service/spool.py``. ``pause=False`` opts out of pausing. Concurrent
+        snapshots of one container share one pause, and a pause never outlives
+        this process (``service/pause.py``). The record returned carries
+        ``paused_s``, the seconds the container was held paused. A stopped
+        (exited or created) container is read as it is, as ``docker cp`` does:
+        there is nothing to pause, which is logged.
+
+        Going over ``size_limit`` bytes (default: the client's) stores nothing. The
         returned record's ``info`` is the catalogue entry the store committed.
 
         ``exclude`` patterns (``.gitignore`` semantics, relative to ``dir``) and,
@@ -210,13 +295,18 @@ class Container:
         name = options.snapshot_name(name)
         limit = options.size_limit(self._context.size_limit if size_limit is None else size_limit)
         ttl = options.ttl(ttl)
+        spool_limit = options.spool_limit(spool_limit)
         async with self._turn:
-            state = await self._require_running("snapshot_directory()")
+            state = await self._require_exists()
+            if not self.running:
+                log.info("container %r is %s: not paused", self.name, describe_stopped(state))
             record = DirectorySnapshot(id=new_snapshot_id(), size=0, dir=path, name=name)
             source = SnapshotSource(self.name, str(state.get("Image", "")))
-            paused = pause or bool(state.get("Paused"))
-            async with self._paused(pause and not state.get("Paused")) as unpause:
-                archive_path = "/." if path == "/" else path + "/."
+            archive_path = "/." if path == "/" else path + "/."
+            pause = pause and self.running
+            # Nothing can change under the reader of a paused or stopped container.
+            still = pause or not self.running or bool(state.get("Paused"))
+            async with self._paused(str(state["Id"]), pause) as hold:
                 try:
                     if ignore_file:
                         patterns += await read_ignore_file(self._docker, self.name, path)
@@ -225,20 +315,36 @@ class Container:
                         self.name,
                         path,
                         excludes=excludes_mod.Excludes(patterns) if patterns else None,
-                        paused=paused,
+                        paused=still,
                         strict=strict,
                     )
                     with track(self._context.progress, Operation.SNAPSHOT, record.id) as progress:
-                        async with self._docker.get_archive(self.name, archive_path) as archive:
-                            source_stream = progress.stream(archive.chunks)
-                            captured = capture.stream(source_stream, on_source_end=unpause)
-                            stream = _limited(captured, limit, path, unpause)
+                        async with (
+                            self._docker.get_archive(self.name, archive_path) as archive,
+                            read_ahead(
+                                # Filtered before the limit: excluded bytes do not count.
+                                _limited(
+                                    capture.stream(
+                                        progress.stream(archive.chunks),
+                                        on_source_end=hold.release,
+                                    ),
+                                    limit,
+                                    path,
+                                ),
+                                on_end=hold.release,
+                                directory=spool_directory(self._store.url),
+                                limit=spool_limit,
+                                hold=pause,
+                            ) as stream,
+                        ):
                             info = await self._store.save(record, stream, source=source, ttl=ttl)
                 except DockerError as exc:
                     if exc.status == 404 and exc.operation == "read archive":
                         raise DirectoryNotFoundError(self.name, path) from exc
                     raise
-        return dataclasses.replace(info.snapshot, info=info, report=capture.report)
+        return dataclasses.replace(
+            info.snapshot, info=info, report=capture.report, paused_s=round(hold.paused_s, 3)
+        )
 
     async def snapshot_container(
         self,
@@ -258,20 +364,80 @@ class Container:
         limit = options.size_limit(self._context.size_limit if size_limit is None else size_limit)
         ttl = options.ttl(ttl)
         async with self._turn:
-            state = await self._require_running("snapshot_container()")
-            async with self._paused(pause and not state.get("Paused")) as unpause:
+            state = await self._require_running()
+            async with self._paused(str(state["Id"]), pause) as hold:
                 return await cs.capture_container(
                     self._context,
                     self.name,
                     name=name,
                     paused=pause or bool(state.get("Paused")),
                     strict=strict,
-                    limit_stream=lambda stream: _limited(stream, limit, "/", unpause),
-                    unpause=unpause,
+                    limit_stream=lambda stream: _limited(stream, limit, "/"),
+                    unpause=hold.release,
                     ttl=ttl,
                 )
 
+    async def restore(
+        self,
+        snapshots: Iterable[DirectorySnapshot | SnapshotRestore],
+        *,
+        force: bool = False,
+    ) -> list[SnapshotRestore]:
+        """Extract ``snapshots`` into this existing container, which anyone may have made.
+
+        Merge semantics, always: files are extracted over the container's own
+        (``docker cp`` style, through the archive API), parent target first;
+        files the snapshot lacks stay, since masking a directory needs a mount
+        that only ``start()`` can add. Meant for a created or stopped container;
+        a running one is refused with :class:`ContainerAlreadyRunningError`
+        unless ``force=True`` (a warning is logged: its programs may see files
+        change under them). Unknown ids fail before anything is written. Not
+        atomic: a failure midway leaves what was extracted so far, in a
+        container docksnap does not own and so never removes. Returns the plan
+        that was applied.
+        """
+        restores = [
+            SnapshotRestore(r.snapshot, mount_point=r.mount_point, merge=True)
+            for r in _plan_restores(snapshots)
+        ]
+        async with self._turn:
+            await self._require_exists()
+            if self.running and not force:
+                raise ContainerAlreadyRunningError(
+                    self.name,
+                    f"container {self.name!r} is running; restoring into it changes files "
+                    "under its programs (force=True to do it anyway)",
+                )
+            if self.running:
+                log.warning(
+                    "restoring into running container %r: its programs may see files "
+                    "change under them",
+                    self.name,
+                )
+            ids = list(dict.fromkeys(r.snapshot.id for r in restores))
+            for snapshot_id in ids:
+                await self._store.get(snapshot_id)
+            for restore in restores:
+                await self._merge_into_container(restore)
+        now = time.time()
+        for snapshot_id in ids:
+            await self._store.touch(snapshot_id, now)
+        return restores
+
     # -- internals --------------------------------------------------------------------
+
+    async def _check_can_publish(self, network: str) -> None:
+        info = await self._docker.inspect_network(network)
+        if info is None:
+            raise InvalidArgumentError(
+                f"network {network!r} does not exist on this engine, so ports cannot be "
+                "published; create a bridge network (`docker network create NAME`) and use it"
+            )
+        if info.get("Driver") in ("null", "host"):
+            raise InvalidArgumentError(
+                f"network {network!r} (driver {info.get('Driver')}) cannot publish ports; "
+                "use a bridge network"
+            )
 
     async def _state(self) -> dict[str, Any] | None:
         try:
@@ -282,35 +448,38 @@ class Container:
             raise
         state: dict[str, Any] = info.get("State") or {}
         state["Image"] = info.get("Image")
+        state["Id"] = info.get("Id")
         state["Labels"] = (info.get("Config") or {}).get("Labels") or {}
         return state
 
-    async def _require_running(self, operation: str) -> dict[str, Any]:
+    async def _require_running(self) -> dict[str, Any]:
+        state = await self._require_exists()
+        if not self.running:
+            raise ContainerNotRunningError(
+                self.name, f"container {self.name!r} is not running ({describe_stopped(state)})"
+            )
+        return state
+
+    async def _require_exists(self) -> dict[str, Any]:
         state = await self._state()
         self.running = bool(state and state.get("Running"))
-        if not self.running or state is None:
-            raise ContainerNotRunningError(
-                self.name, f"{operation} requires a running container; {self.name!r} is not running"
-            )
+        if state is None:
+            raise ContainerNotFoundError(self.name, f"no such container {self.name!r}")
         return state
 
     def _not_found(self, exc: DockerError) -> Exception:
         if exc.status == 404:
-            return ContainerNotFoundError(self.name, f"no container named {self.name!r}")
+            return ContainerNotFoundError(self.name, f"no such container {self.name!r}")
         return exc
 
     @contextlib.asynccontextmanager
-    async def _paused(self, pause: bool) -> AsyncIterator[_Once]:
-        """Pause for the body; yield a callable that unpauses early (when the stream ends)."""
+    async def _paused(self, container_id: str, pause: bool) -> AsyncIterator[PauseHold]:
+        """Hold the container paused (shared with concurrent snapshots, see service/pause.py)."""
         if not pause:
-            yield _Once(None)
+            yield no_pause()
             return
-        await self._docker.pause_container(self.name)
-        unpause = _Once(lambda: self._docker.unpause_container(self.name))
-        try:
-            yield unpause
-        finally:
-            await asyncio.shield(unpause())
+        async with paused(self._docker, self._docker.address.url, container_id, self.name) as hold:
+            yield hold
 
     async def _clear_previous(self) -> None:
         """Make room for a new container of this name, refusing to touch a foreign one.
@@ -329,7 +498,11 @@ class Container:
         await self._remove_everything()
 
     async def _create_with_restores(
-        self, image: str, config: dict[str, Any], restores: list[SnapshotRestore]
+        self,
+        image: str,
+        config: dict[str, Any],
+        restores: list[SnapshotRestore],
+        user_labels: Mapping[str, str],
     ) -> None:
         mounts = []
         for restore in restores:
@@ -344,7 +517,13 @@ class Container:
                     }
                 )
         config["HostConfig"]["Mounts"] = mounts
-        config["Labels"] = lbl.make_labels(lbl.Role.APP, self._context.labels)
+        # What was restored where: a later snapshot of that directory can estimate its size.
+        restored = json.dumps({r.target: r.snapshot.id for r in restores}, separators=(",", ":"))
+        config["Labels"] = lbl.make_labels(
+            lbl.Role.APP,
+            {**user_labels, **self._context.labels},
+            {lbl.RESTORED: restored} if restores else None,
+        )
         await self._docker.create_container(self.name, config)
         for restore in restores:
             if restore.merge:
@@ -360,7 +539,7 @@ class Container:
         volume = RESTORE_VOLUME_PREFIX + uuid.uuid4().hex
         extra = self._context.labels
         await self._docker.create_volume(
-            volume, lbl.make_labels(lbl.Role.RESTORE, extra, {lbl.OWNER: self.name})
+            volume, lbl.make_labels(lbl.Role.RESTORE, extra, lbl.creator_fields(self.name))
         )
         helper_labels = lbl.make_labels(lbl.Role.HELPER, extra)
         async with (
@@ -400,7 +579,8 @@ class Container:
 
         A create request cancelled in flight (Ctrl-C) may still be carried out by
         the engine after the first removal, holding the volumes (409 "in use");
-        so removal repeats until the volumes go.
+        so removal repeats until the volumes go. A helper left by a docksnap
+        killed mid-restore also holds its volume: it goes first.
         """
         for attempt in range(_CLEANUP_ATTEMPTS):
             await self._docker.remove_container(self.name)
@@ -410,6 +590,7 @@ class Container:
             )
             try:
                 for volume in volumes:
+                    await remove_helpers_of(self._docker, volume["Name"])
                     await self._docker.remove_volume(volume["Name"])
                 return
             except DockerError as exc:
@@ -418,16 +599,34 @@ class Container:
                 await asyncio.sleep(0.2 * (attempt + 1))
 
 
-class _Once:
-    """Run an async action at most once (unpausing early, then again in ``finally``)."""
+def describe_stopped(state: Mapping[str, Any]) -> str:
+    """``exited 3 s ago, code 0``, ``created, never started``: why a container is not running."""
+    status = str(state.get("Status") or "stopped")
+    if status == "created":
+        return "created, never started"
+    if status != "exited":
+        return status
+    code = state.get("ExitCode")
+    finished = _engine_time(str(state.get("FinishedAt") or ""))
+    if finished is None:
+        return f"exited, code {code}"
+    return f"exited {_ago(time.time() - finished)} ago, code {code}"
 
-    def __init__(self, action: Any) -> None:
-        self._action = action
 
-    async def __call__(self) -> None:
-        action, self._action = self._action, None
-        if action is not None:
-            await action()
+def _engine_time(text: str) -> float | None:
+    """The engine's RFC 3339 times have nanoseconds, which ``fromisoformat`` refuses."""
+    match = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.\d+)?Z", text)
+    if not match or text.startswith("0001-"):
+        return None
+    return datetime.fromisoformat(match[1]).replace(tzinfo=UTC).timestamp()
+
+
+def _ago(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    for unit, length in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= length:
+            return f"{seconds // length} {unit}"
+    return f"{seconds} s"
 
 
 def _plan_restores(items: Iterable[DirectorySnapshot | SnapshotRestore]) -> list[SnapshotRestore]:
@@ -438,6 +637,44 @@ def _plan_restores(items: Iterable[DirectorySnapshot | SnapshotRestore]) -> list
         raise InvalidArgumentError(f"two snapshots restore to the same mount point: {duplicates}")
     # Parent first: depth order, stable for equal depths.
     return sorted(restores, key=lambda r: 0 if r.target == "/" else r.target.count("/"))
+
+
+def _network_advice(engine_message: str) -> str:
+    # An engine run without a usable default bridge (no docker0, as with
+    # --iptables=false on some hosts) fails only here, at start, in its own words.
+    if "on network" not in engine_message and "bridge" not in engine_message:
+        return ""
+    return (
+        " (the engine could not attach the container to that network; a user-defined"
+        " bridge network, made by `docker network create NAME`, usually works)"
+    )
+
+
+def _check_network(run: runopts.RunOptions, enable_internet: bool) -> None:
+    if enable_internet and run.network is not None:
+        raise InvalidArgumentError(
+            f"enable_internet=True and network={run.network!r} conflict; give one of them"
+        )
+    if run.publish and run.network is None and not enable_internet:
+        raise InvalidArgumentError(
+            "publishing ports needs a network, and containers have none by default: "
+            "pass network=NAME (a bridge network, e.g. from `docker network create`) "
+            "or enable_internet=True"
+        )
+
+
+def _check_overlaps(restores: list[SnapshotRestore], volume_targets: list[str]) -> None:
+    """A restore may not share its tree with a ``-v`` mount: its files would land in the host's."""
+    for restore in restores:
+        for target in volume_targets:
+            if _within(restore.target, target) or _within(target, restore.target):
+                raise InvalidArgumentError(
+                    f"restore mount point {restore.target} overlaps the volume mounted at {target}"
+                )
+
+
+def _within(path: str, parent: str) -> bool:
+    return path == parent or parent == "/" or path.startswith(parent + "/")
 
 
 def _container_config(
@@ -471,14 +708,11 @@ def _env_list(env: Mapping[str, str]) -> list[str]:
     return pairs
 
 
-async def _limited(
-    chunks: AsyncIterator[bytes], limit: int, path: str, on_end: _Once
-) -> AsyncIterator[bytes]:
+async def _limited(chunks: AsyncIterator[bytes], limit: int, path: str) -> AsyncIterator[bytes]:
     """Pass the archive through, failing as soon as it exceeds ``limit`` bytes.
 
     Checked before a piece is handed on, so a store never receives a byte past
-    the limit. When the stream ends the container is unpaused at once, without
-    waiting for the store to finish writing.
+    the limit.
     """
     total = 0
     async for piece in chunks:
@@ -486,7 +720,6 @@ async def _limited(
         if total > limit:
             raise SnapshotTooLargeError(path, limit)
         yield piece
-    await on_end()
 
 
 async def _once(data: bytes) -> AsyncIterator[bytes]:

@@ -32,6 +32,14 @@ def size_limit(value: object) -> int:
     return number
 
 
+def spool_limit(value: object) -> int:
+    """The most bytes a snapshot may spool while its store catches up: an integer >= 0."""
+    number = _integer(value)
+    if number is None or number < 0:
+        raise InvalidArgumentError(f"spool_limit must be an integer >= 0, got {value!r}")
+    return number
+
+
 def ttl(value: object) -> float | None:
     """Seconds of disuse after which a snapshot expires: ``None`` or a number >= 0.
 

@@ -154,8 +154,10 @@ class VolumeStore:
         data = data_volume(snapshot.id)
         if await self._docker.inspect_volume(data) is not None:
             raise StoreError(self.url, f"snapshot {snapshot.id} already exists")
-        await self._docker.create_volume(data, self._labels(snapshot.id, created_at))
         try:
+            # Inside the try: an engine that creates the volume but whose answer is
+            # lost must not leave it behind either (removal is idempotent).
+            await self._docker.create_volume(data, self._labels(snapshot.id, created_at))
             size = await self._fill(data, image, tar)
             record = DirectorySnapshot(
                 id=snapshot.id,
@@ -168,8 +170,10 @@ class VolumeStore:
                 meta_volume(snapshot.id), self._meta_labels(record, source, ttl)
             )
         except BaseException:
-            # Roll back: the data volume without its meta is invisible anyway, but
-            # leaving it would leak disk until the next gc.
+            # Roll back, meta first: a meta volume whose creation answer was lost
+            # would show a snapshot without data; the data volume without its meta
+            # is invisible anyway, but leaving it would leak disk until the next gc.
+            await asyncio.shield(self._remove_quietly(meta_volume(snapshot.id)))
             await asyncio.shield(self._remove_quietly(data))
             raise
         return SnapshotInfo(record, created_at, created_at, source, ttl)

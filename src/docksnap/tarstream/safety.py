@@ -14,6 +14,14 @@ from .entry import TarEntry
 from .errors import UnsafeArchiveError
 
 _DEVICE_TYPES = frozenset({"char", "block", "fifo"})
+# The kernel's limits on a path and on one of its components: the engine cannot
+# create longer ones, and refusing them first keeps the per-member checks linear.
+PATH_MAX = 4096
+NAME_MAX = 255
+# uid_t and gid_t are 32 bits: the engine's lchown(2) truncates a larger header
+# value (2**32 becomes 0, root), and 2**32 - 1 means "leave unchanged". Either way
+# the owner a listing shows would not be the owner a restore creates.
+ID_LIMIT = 2**32 - 1
 
 
 def check_member_safe(entry: TarEntry, *, allow_devices: bool = False) -> None:
@@ -120,7 +128,10 @@ class RestorableChecker:
     send ``noOverwriteDirNonDir``); a member under a path the archive created
     as a non-directory; and a relative symlink whose target climbs above the
     archive root (the engine refuses it as "invalid symlink" into any directory
-    but "/"; absolute targets are fine, they resolve inside the container).
+    but "/"; absolute targets are fine, they resolve inside the container). Checked
+    first: a path or link longer than the kernel allows (which also keeps the
+    prefix walks below linear in the archive's size), and a uid or gid that the
+    engine's lchown(2) would truncate, possibly to root.
 
     Paths are remembered as 64-bit keyed hashes of their normalized form, about 60
     bytes each, not as strings: a collision (odds ~n²/2⁶⁴) can only make a valid
@@ -134,6 +145,7 @@ class RestorableChecker:
 
     def check(self, entry: TarEntry) -> None:
         """Raise :class:`UnsafeArchiveError` naming ``entry`` if it cannot be restored."""
+        _check_kernel_limits(entry)
         self._safety.check(entry)
         path = entry.path
         if entry.type == "other":
@@ -165,6 +177,24 @@ class RestorableChecker:
             if key in self._dirs:
                 raise UnsafeArchiveError(entry.path, f"a {entry.type} replaces a directory")
             self._others.add(key)
+
+
+def _check_kernel_limits(entry: TarEntry) -> None:
+    for what, value in (("path", entry.path), ("link target", entry.link)):
+        encoded = value.encode("utf-8", "surrogateescape")
+        if len(encoded) > PATH_MAX:
+            raise UnsafeArchiveError(
+                entry.path, f"{what} of {len(encoded)} bytes is longer than {PATH_MAX}"
+            )
+        if any(len(part) > NAME_MAX for part in encoded.split(b"/")):
+            raise UnsafeArchiveError(
+                entry.path, f"{what} has a component longer than {NAME_MAX} bytes"
+            )
+    for name, number in (("uid", entry.uid), ("gid", entry.gid)):
+        if not 0 <= number < ID_LIMIT:
+            raise UnsafeArchiveError(
+                entry.path, f"{name} {number} does not fit the kernel's {name}"
+            )
 
 
 def _check_symlink_target(entry: TarEntry, parts: list[str]) -> None:

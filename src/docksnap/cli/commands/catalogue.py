@@ -2,36 +2,47 @@
 
 from __future__ import annotations
 
+import logging
+
 import click
 
-from docksnap.cli import render, shapes
+from docksnap.cli import refs, render, shapes
 from docksnap.cli.app import App, Result, output_options, pass_app
 from docksnap.cli.exits import ExitCode
 from docksnap.cli.params import SECONDS
 from docksnap.cli.progress import Meter
-from docksnap.errors import InvalidArgumentError
+from docksnap.errors import DockerUnavailableError, InvalidArgumentError
 from docksnap.model import normalize_path
 from docksnap.service.catalogue import DEFAULT_GC_GRACE
 from docksnap.service.client import Client
+from docksnap.service.orphans import OrphanReport
 from docksnap.store.base import VerifyReport
 from docksnap.tarstream import TarEntry
 
 SHOW_FILES = 20
+log = logging.getLogger(__name__)
 
 
 @click.command("ls")
 @click.option("--name", help="Only snapshots with this name.")
 @click.option("--container", help="Only snapshots taken from this container.")
 @click.option("--dir", "directory", metavar="DIR", help="Only snapshots of this directory.")
+@click.option("--no-trunc", is_flag=True, help="Full ids, and columns as wide as they need.")
 @output_options
 @pass_app
-def ls(app: App, name: str | None, container: str | None, directory: str | None) -> None:
+def ls(
+    app: App, name: str | None, container: str | None, directory: str | None, no_trunc: bool
+) -> None:
     """List snapshots, newest first.
+
+    Ids are shortened to a unique prefix (any command takes one) and the
+    table fits the terminal; --no-trunc prints it whole.
 
     \b
     Example:
       docksnap ls --name nightly --json
     """
+    width = None if no_trunc else render.output_width()
 
     async def body(client: Client, meter: Meter) -> Result:
         infos = [
@@ -39,7 +50,8 @@ def ls(app: App, name: str | None, container: str | None, directory: str | None)
             async for info in client.snapshots.list(name=name, container=container, dir=directory)
         ]
         kinds = [await client.snapshots.kind(i) for i in infos]
-        lines = render.snapshot_table(infos, kinds) if infos else ["no snapshots"]
+        table = render.snapshot_table(infos, kinds, short_ids=not no_trunc, width=width)
+        lines = table if infos else ["no snapshots"]
         document = [{**shapes.info(i), "kind": k} for i, k in zip(infos, kinds, strict=True)]
         return Result(document, lines, [i.id for i in infos])
 
@@ -68,7 +80,7 @@ def show(app: App, snapshot_id: str, with_report: bool) -> None:
         result = await _show(client, snapshot_id)
         if not with_report:
             return result
-        report = await client.snapshots.report(snapshot_id)
+        report = await client.snapshots.report(str(result.document["id"]))
         document = {**result.document, "report": report.to_dict() if report else None}
         return Result(document, [*result.lines, *render.report_lines(report)], result.quiet_lines)
 
@@ -77,8 +89,8 @@ def show(app: App, snapshot_id: str, with_report: bool) -> None:
 
 async def _show(client: Client, snapshot_id: str) -> Result:
     """The record, source, times, kind and first files of one snapshot."""
-    info = await client.snapshots.get(snapshot_id)
-    files = await client.snapshots.files(snapshot_id)
+    info = await client.snapshots.resolve(snapshot_id)
+    files = await client.snapshots.files(info.id)
     source = info.source
     ttl = (
         "-"
@@ -159,9 +171,9 @@ def files(app: App, snapshot_id: str, path: str | None) -> None:
     """
 
     async def body(client: Client, meter: Meter) -> Result:
-        entries = await client.snapshots.files(snapshot_id)
+        info = await client.snapshots.resolve(snapshot_id)
+        entries = await client.snapshots.files(info.id)
         if path is not None:
-            info = await client.snapshots.get(snapshot_id)
             entries = _subtree(entries, _relative(path, info.dir))
             if not entries:
                 raise InvalidArgumentError(f"no file {path!r} in snapshot {snapshot_id}")
@@ -190,7 +202,9 @@ def diff(app: App, old_id: str, new_id: str) -> None:
     """
 
     async def body(client: Client, meter: Meter) -> Result:
-        result = await client.snapshots.diff(old_id, new_id)
+        result = await client.snapshots.diff(
+            await refs.snapshot_id(client, old_id), await refs.snapshot_id(client, new_id)
+        )
         lines = [
             *render.file_lines(result.added, prefix="+ "),
             *render.file_lines(result.removed, prefix="- "),
@@ -230,11 +244,10 @@ def rm(app: App, snapshot_ids: tuple[str, ...]) -> None:
     """
 
     async def body(client: Client, meter: Meter) -> Result:
-        for snapshot_id in snapshot_ids:
-            await client.snapshots.get(snapshot_id)
-        for snapshot_id in snapshot_ids:
+        ids = list(dict.fromkeys([await refs.snapshot_id(client, ref) for ref in snapshot_ids]))
+        for snapshot_id in ids:
             await client.snapshots.delete(snapshot_id)
-        return Result({"deleted": list(snapshot_ids)}, [f"deleted {i}" for i in snapshot_ids])
+        return Result({"deleted": ids}, [f"deleted {i}" for i in ids])
 
     app.run(body)
 
@@ -252,22 +265,31 @@ def rm(app: App, snapshot_ids: tuple[str, ...]) -> None:
     is_flag=True,
     help="Keep the newest N overall, instead of the newest N of each name.",
 )
+@click.option("--name", help="Prune only the snapshots with this name.")
+@click.option("--dry-run", is_flag=True, help="Print what would be deleted; delete nothing.")
 @output_options
 @pass_app
-def prune(app: App, keep_last: int, all_names: bool) -> None:
+def prune(app: App, keep_last: int, all_names: bool, name: str | None, dry_run: bool) -> None:
     """Delete all but the newest N snapshots of each name.
 
-    Unnamed snapshots count as one name.
+    Unnamed snapshots count as one name. --name limits it to one name;
+    --dry-run only lists what would go.
 
     \b
     Example:
-      docksnap prune --keep-last 3
+      docksnap prune --name nightly --keep-last 3 --dry-run
     """
 
     async def body(client: Client, meter: Meter) -> Result:
-        deleted = await client.snapshots.prune(keep_last=keep_last, per_name=not all_names)
-        lines = [f"deleted {len(deleted)} snapshot(s)", *(f"  {i}" for i in deleted)]
-        return Result({"deleted": deleted}, lines)
+        deleted = await client.snapshots.prune(
+            keep_last=keep_last, per_name=not all_names, name=name, dry_run=dry_run
+        )
+        verb = "would delete" if dry_run else "deleted"
+        lines = [f"{verb} {len(deleted)} snapshot(s)", *(f"  {i}" for i in deleted)]
+        document: dict[str, object] = {"deleted": [] if dry_run else deleted}
+        if dry_run:
+            document["would_delete"] = deleted
+        return Result(document, lines, deleted)
 
     app.run(body)
 
@@ -284,10 +306,12 @@ def prune(app: App, keep_last: int, all_names: bool) -> None:
 @output_options
 @pass_app
 def gc(app: App, grace: float) -> None:
-    """Delete expired snapshots and reclaim unused data.
+    """Expire snapshots, reclaim data, remove engine orphans.
 
     Expired: unused for longer than their --ttl. Unused data: chunks no
     snapshot references, older than --grace (younger ones may be a writer's).
+    Engine orphans: helper containers and restore volumes left by a docksnap
+    that died (or whose container went with `docker rm -f`).
 
     \b
     Example:
@@ -297,13 +321,28 @@ def gc(app: App, grace: float) -> None:
     async def body(client: Client, meter: Meter) -> Result:
         expired = await client.snapshots.expire()
         report = await client.snapshots.gc(grace=grace)
+        orphans = await reap_orphans_if_engine(client, grace)
         lines = [f"expired {i}" for i in expired] + [
             f"reclaimed {report.objects_deleted} object(s), {render.size(report.bytes_deleted)};"
             f" kept {report.objects_kept_young} younger than {render.duration(grace)}"
         ]
-        return Result(shapes.gc(expired, report), lines)
+        if orphans.containers or orphans.volumes:
+            lines.append(
+                f"removed {len(orphans.containers)} orphaned helper container(s)"
+                f" and {len(orphans.volumes)} orphaned restore volume(s)"
+            )
+        return Result(shapes.gc(expired, report, orphans), lines)
 
     app.run(body)
+
+
+async def reap_orphans_if_engine(client: Client, grace: float) -> OrphanReport:
+    """Engine orphans, unless no engine answers: a store's gc does not need one."""
+    try:
+        return await client.reap_orphans(grace=grace)
+    except DockerUnavailableError as exc:
+        log.warning("engine orphans not checked: %s", exc)
+        return OrphanReport()
 
 
 def _verify_lines(report: VerifyReport) -> list[str]:
@@ -336,7 +375,8 @@ def verify(app: App, snapshot_id: str | None, no_read_data: bool) -> None:
     """
 
     async def body(client: Client, meter: Meter) -> Result:
-        report = await client.snapshots.verify(snapshot_id, read_data=not no_read_data)
+        target = None if snapshot_id is None else await refs.snapshot_id(client, snapshot_id)
+        report = await client.snapshots.verify(target, read_data=not no_read_data)
         lines = _verify_lines(report)
         code = ExitCode.OK if report.ok else ExitCode.PROBLEMS_FOUND
         return Result(shapes.verify(report), lines, lines[:-1], code)

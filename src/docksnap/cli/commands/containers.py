@@ -1,40 +1,79 @@
-"""Commands on containers: run, snapshot, stop, rm-container."""
+"""Commands on containers: run, restore, snapshot, stop, rm-container."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
 import signal
 import time
 
 import click
 
-from docksnap.cli import render, shapes
-from docksnap.cli.app import App, Result, output_options, pass_app
-from docksnap.cli.params import SECONDS, byte_size
+from docksnap import labels as lbl
+from docksnap.cli import refs, render, shapes
+from docksnap.cli.app import App, Result, output_options, output_options_without_v, pass_app
+from docksnap.cli.params import SECONDS, TTL_FORMATS, byte_size, ttl_seconds
 from docksnap.cli.progress import Meter
-from docksnap.errors import ContainerNotRunningError
-from docksnap.model import DirectorySnapshot, SnapshotRestore
+from docksnap.errors import (
+    ContainerAlreadyRunningError,
+    ContainerNotRunningError,
+    InvalidArgumentError,
+    SnapshotNotFoundError,
+)
+from docksnap.model import DirectorySnapshot, SnapshotRestore, normalize_path
+from docksnap.service import runopts
 from docksnap.service.client import Client
 from docksnap.service.excludes import combine
+from docksnap.service.progress import Operation
 
 
-def _restore_spec(text: str) -> tuple[str, str | None]:
-    """``ID`` or ``ID:/mount/point`` (snapshot ids are UUIDs, which hold no colon)."""
-    snapshot_id, sep, mount_point = text.partition(":")
-    if not snapshot_id or (sep and not mount_point):
-        raise click.BadParameter(f"{text!r} is not ID or ID:MOUNT_POINT", param_hint="--restore")
-    return snapshot_id, mount_point or None
+async def _expect_size(client: Client, meter: Meter, container: str, directory: str) -> None:
+    """Give the snapshot bar a total: the last snapshot of this directory in this
+    container, else the snapshot ``run`` restored there (its parent).
+
+    Only an estimate (the directory may have changed size); without one the bar
+    stays indeterminate rather than guessing. Skipped when nothing is drawn: a
+    listing costs a request per snapshot on some stores.
+    """
+    if not meter.enabled:
+        return
+    try:
+        path = normalize_path(directory, what="snapshot directory")
+    except InvalidArgumentError:
+        return  # the library reports it, in its own words
+    async for info in client.snapshots.list(container=container, dir=path):
+        meter.expect(Operation.SNAPSHOT, info.size)
+        return
+    labels = (await client.docker.inspect_container(container)).get("Config", {}).get("Labels")
+    with contextlib.suppress(ValueError, AttributeError, SnapshotNotFoundError):
+        parent = json.loads((labels or {}).get(lbl.RESTORED, "{}")).get(path)
+        if isinstance(parent, str):
+            meter.expect(Operation.SNAPSHOT, (await client.snapshots.get(parent)).size)
 
 
-def _env(items: tuple[str, ...]) -> dict[str, str]:
-    env = {}
+def _env(items: tuple[str, ...], env_files: tuple[str, ...]) -> dict[str, str]:
+    """``--env-file`` files in order, then ``-e`` (``KEY=VALUE``, or ``KEY`` from this shell)."""
+    env: dict[str, str] = {}
+    for path in env_files:
+        env.update(runopts.read_env_file(path))
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--env")
-        env[key] = value
+        if not key:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="'-e' / '--env'")
+        if sep:
+            env[key] = value
+        elif key in os.environ:
+            env[key] = os.environ[key]
     return env
+
+
+def _labels(items: tuple[str, ...]) -> dict[str, str]:
+    try:
+        return dict(runopts.parse_label(item) for item in items)
+    except InvalidArgumentError as exc:
+        raise click.BadParameter(str(exc), param_hint="'-l' / '--label'") from None
 
 
 @click.command(context_settings={"show_default": True})
@@ -46,7 +85,8 @@ def _env(items: tuple[str, ...]) -> dict[str, str]:
     "restores",
     multiple=True,
     metavar="ID[:MOUNT_POINT]",
-    help="Restore this snapshot, at its own directory or at MOUNT_POINT. Repeatable.",
+    help="Restore this snapshot (id, id prefix or name:NAME), at its own directory "
+    "or at MOUNT_POINT. Repeatable.",
 )
 @click.option(
     "--merge",
@@ -56,14 +96,57 @@ def _env(items: tuple[str, ...]) -> dict[str, str]:
 @click.option(
     "-e", "--env", multiple=True, metavar="KEY=VALUE", help="Environment variable. Repeatable."
 )
-@click.option("--internet", is_flag=True, help="Give the container network access.")
+@click.option(
+    "--env-file",
+    "env_files",
+    multiple=True,
+    metavar="FILE",
+    help="Read KEY=VALUE lines from FILE (before -e). Repeatable.",
+)
+@click.option("--internet", is_flag=True, help="Network access through the engine's bridge.")
+@click.option(
+    "--network", metavar="NETWORK", help="Connect to this network (default: none, no network)."
+)
+@click.option(
+    "-p",
+    "--publish",
+    multiple=True,
+    metavar="[IP:][HOST_PORT:]PORT[/PROTO]",
+    help="Publish a container port on the host (needs --network or --internet). Repeatable.",
+)
+@click.option(
+    "-v",
+    "--volume",
+    "volumes",
+    multiple=True,
+    metavar="SRC:DST[:OPTS]",
+    help="Bind mount a host path (absolute SRC) or a named volume. Repeatable.",
+)
+@click.option("-u", "--user", metavar="USER[:GROUP]", help="Run as this user.")
+@click.option("-w", "--workdir", metavar="DIR", help="Working directory inside the container.")
+@click.option(
+    "-l", "--label", "labels", multiple=True, metavar="KEY=VALUE", help="Label. Repeatable."
+)
+@click.option("-m", "--memory", metavar="BYTES", help="Memory limit, e.g. 512m or 2g.")
+@click.option("--cpus", metavar="N", help="Number of CPUs, e.g. 1.5.")
+@click.option(
+    "--restart",
+    metavar="POLICY",
+    help="no, always, unless-stopped or on-failure[:MAX_RETRIES].",
+)
+@click.option(
+    "--entrypoint",
+    metavar="PROGRAM",
+    help="Replace the image's entrypoint; CMD after -- then becomes its arguments.",
+)
+@click.option("--rm", "remove", is_flag=True, help="Remove the container when it exits.")
 @click.option(
     "--from-container-snapshot",
     "container_snapshot_id",
     metavar="ID",
     help="Start from IMAGE plus this whole-container snapshot (deleted files stay deleted).",
 )
-@output_options
+@output_options_without_v
 @pass_app
 def run(
     app: App,
@@ -73,41 +156,88 @@ def run(
     restores: tuple[str, ...],
     merge: bool,
     env: tuple[str, ...],
+    env_files: tuple[str, ...],
     internet: bool,
+    network: str | None,
+    publish: tuple[str, ...],
+    volumes: tuple[str, ...],
+    user: str | None,
+    workdir: str | None,
+    labels: tuple[str, ...],
+    memory: str | None,
+    cpus: str | None,
+    restart: str | None,
+    entrypoint: str | None,
+    remove: bool,
     container_snapshot_id: str | None,
 ) -> None:
     """Start a named container with snapshots restored into it.
 
-    CMD (after --) replaces the image's entrypoint. The container runs in the
-    background without network access unless --internet is given.
+    The options are docker run's, in its formats. CMD (after --) replaces the
+    image's entrypoint, unless --entrypoint is given: then CMD is its arguments.
+    The container runs in the background without network access unless
+    --internet or --network is given; -p needs one of them (on an engine
+    without a usable bridge, a network made with `docker network create`).
+    Here -v means --volume, as in docker run (--verbose stays available).
 
     \b
     Example:
-      docksnap run docksnap-test:latest --name box2 --restore 3f2a...:/work -- sleep 1d
+      docksnap run docksnap-test:latest --name box2 --restore name:step-3:/work \\
+        --network mynet -p 127.0.0.1:8080:80 -v "$PWD/cache:/cache" -- sleep 1d
     """
-    specs = [_restore_spec(text) for text in restores]
-    environment = _env(env)
+    specs = [refs.restore_spec(text, "--restore") for text in restores]
+    for snapshot_ref, mount_point in specs:
+        if mount_point is not None and mount_point.rstrip("/") == "" and not merge:
+            raise click.BadParameter(
+                f"restoring {snapshot_ref} to / needs --merge (a fresh volume cannot mask /)",
+                param_hint="--restore",
+            )
+    if publish and not (network or internet):
+        raise click.UsageError(
+            "-p/--publish needs a network that can publish ports: add --network NAME "
+            "(a bridge network, e.g. made by `docker network create NAME`) or --internet"
+        )
+    if internet and network:
+        raise click.UsageError("--internet and --network conflict: give one of them")
+    if remove and restart not in (None, "no"):
+        raise click.UsageError(f"--rm and --restart {restart} conflict: give one of them")
+    environment = _env(env, env_files)
+    user_labels = _labels(labels)
+    entry: list[str] | None = [entrypoint] if entrypoint is not None else list(command) or None
+    args: list[str] | None = list(command) if entrypoint is not None else None
 
     async def body(client: Client, meter: Meter) -> Result:
-        records = {
-            snapshot_id: (await client.snapshots.get(snapshot_id)).snapshot
-            for snapshot_id in dict.fromkeys(snapshot_id for snapshot_id, _ in specs)
-        }
-        plan = [
-            SnapshotRestore(records[snapshot_id], mount_point=mount_point, merge=merge)
-            for snapshot_id, mount_point in specs
-        ]
+        plan = []
+        for snapshot_ref, mount_point in specs:
+            info = await client.snapshots.resolve(snapshot_ref)
+            if mount_point is None and info.dir == "/" and not merge:
+                raise click.BadParameter(
+                    f"snapshot {info.id} is of /, which only --merge can restore",
+                    param_hint="--restore",
+                )
+            plan.append(SnapshotRestore(info.snapshot, mount_point=mount_point, merge=merge))
         whole = None
         if container_snapshot_id is not None:
-            whole = (await client.snapshots.get(container_snapshot_id)).snapshot
+            whole = (await client.snapshots.resolve(container_snapshot_id)).snapshot
         started = time.monotonic()
         with meter.activity(f"starting {name}"):
             await client.container(name).start(
                 image,
-                entrypoint=list(command) or None,
+                entrypoint=entry,
+                command=args,
                 env=environment,
                 enable_internet=internet,
                 snapshots=plan,
+                publish=publish,
+                volumes=volumes,
+                user=user,
+                workdir=workdir,
+                labels=user_labels,
+                network=network,
+                memory=memory,
+                cpus=cpus,
+                restart=restart,
+                remove=remove,
                 container_snapshot=whole,
             )
         elapsed = time.monotonic() - started
@@ -136,6 +266,63 @@ def run(
 
 
 @click.command()
+@click.argument("snapshot_refs", nargs=-1, required=True, metavar="ID[:MOUNT_POINT]...")
+@click.option("--into", "container", required=True, metavar="CONTAINER", help="The container.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Restore into a running container too (its programs see files change under them).",
+)
+@output_options
+@pass_app
+def restore(app: App, snapshot_refs: tuple[str, ...], container: str, force: bool) -> None:
+    """Restore snapshots into a container that already exists.
+
+    Merge semantics, as docker cp: each snapshot's files are extracted over the
+    container's own, at the snapshot's directory or MOUNT_POINT; files the
+    snapshot lacks stay (masking needs a fresh mount, which only `docksnap run`
+    makes). For a created or stopped container; a running one is refused
+    unless --force. ID is an id, a unique prefix of one, or name:NAME.
+
+    \b
+    Example:
+      docker-compose up --no-start && docksnap restore name:db-seed --into shop_db_1
+    """
+    specs = [refs.restore_spec(text, "ID[:MOUNT_POINT]") for text in snapshot_refs]
+
+    async def body(client: Client, meter: Meter) -> Result:
+        plan = [
+            SnapshotRestore(
+                (await client.snapshots.resolve(ref)).snapshot, mount_point=mount_point, merge=True
+            )
+            for ref, mount_point in specs
+        ]
+        try:
+            with meter.activity(f"restoring into {container}"):
+                done = await client.container(container).restore(plan, force=force)
+        except ContainerAlreadyRunningError as exc:
+            raise ContainerAlreadyRunningError(
+                container,
+                f"container {container!r} is running; --force restores into it anyway "
+                "(its programs may see files change under them)",
+            ) from exc
+        document = {
+            "container": container,
+            "restores": [
+                {"id": r.snapshot.id, "target": r.target, "size": r.snapshot.size} for r in done
+            ],
+        }
+        lines = [
+            f"restored {r.snapshot.id} ({render.size(r.snapshot.size)}) into {container}"
+            f" at {r.target}"
+            for r in done
+        ]
+        return Result(document, lines, [container])
+
+    app.run(body)
+
+
+@click.command()
 @click.argument("container")
 @click.argument("directory", metavar="DIR")
 @click.option("--name", help="A label for the snapshot (ls --name finds it).")
@@ -146,9 +333,9 @@ def run(
 )
 @click.option(
     "--ttl",
-    type=SECONDS,
-    metavar="SECONDS",
-    help="Delete the snapshot (at `docksnap gc`) after this long unused.",
+    callback=ttl_seconds,
+    metavar="DURATION",
+    help=f"Delete the snapshot (at `docksnap gc`) after this long unused: {TTL_FORMATS}.",
 )
 @click.option(
     "--size-limit",
@@ -181,6 +368,13 @@ def run(
     is_flag=True,
     help="Store nothing if anything cannot be captured faithfully (see `show --report`).",
 )
+@click.option(
+    "--spool-limit",
+    callback=byte_size,
+    metavar="SIZE",
+    help="Most bytes spooled to a temporary file while the store catches up with the"
+    " engine (0: none; past it the pause lasts longer). [default: 4GiB]",
+)
 @output_options
 @pass_app
 def snapshot(
@@ -195,8 +389,13 @@ def snapshot(
     exclude_files: tuple[str, ...],
     ignore_file: bool,
     strict: bool,
+    spool_limit: int | None,
 ) -> None:
-    """Snapshot a directory of a running container into the store.
+    """Snapshot a directory of a container into the store.
+
+    A running container is paused while its directory is read (unless
+    --no-pause); a stopped one (exited or created) is read as it is, as
+    docker cp does.
 
     \b
     Example:
@@ -205,8 +404,12 @@ def snapshot(
     patterns = combine(excludes, exclude_files)
 
     async def body(client: Client, meter: Meter) -> Result:
+        box = client.container(container)
+        state = await box.describe()
+        await _expect_size(client, meter, container, directory)
         started = time.monotonic()
-        snap = await client.container(container).snapshot_directory(
+        spool = {} if spool_limit is None else {"spool_limit": spool_limit}
+        snap = await box.snapshot_directory(
             directory,
             name=name,
             pause=not no_pause,
@@ -215,22 +418,44 @@ def snapshot(
             exclude=patterns,
             ignore_file=ignore_file,
             strict=strict,
+            **spool,
         )
         elapsed = time.monotonic() - started
-        return await saved_result(client, snap, elapsed)
+        result = await saved_result(
+            client, snap, elapsed, pause=not no_pause, paused=box.running and not no_pause
+        )
+        if box.running:
+            return result
+        lines = [*result.lines, f"container {container} is not running ({state}): not paused"]
+        return Result(result.document, lines, result.quiet_lines)
 
     app.run(body)
 
 
-async def saved_result(client: Client, snap: DirectorySnapshot, elapsed: float) -> Result:
-    """What `snapshot` and `snapshot-container` print: the record, speed and report line."""
+async def saved_result(
+    client: Client,
+    snap: DirectorySnapshot,
+    elapsed: float,
+    *,
+    pause: bool | None = None,
+    paused: bool = False,
+) -> Result:
+    """What `snapshot` and `snapshot-container` print: the record, speed and report line.
+
+    ``pause`` (asked for) and ``paused`` (happened) add the pause figures, for
+    the records that carry ``paused_s``.
+    """
     info = snap.info or await client.snapshots.get(snap.id)
-    lines = [
-        *render.snapshot_table([info]),
+    speed = (
         f"saved {render.size(snap.size)} in {elapsed:.2f} s"
-        f" ({render.size(snap.size / max(elapsed, 1e-6))}/s)",
-    ]
+        f" ({render.size(snap.size / max(elapsed, 1e-6))}/s)"
+    )
     document = shapes.info(info)
+    if pause is not None:
+        paused_s = snap.paused_s or 0.0
+        speed += f", container paused {paused_s:.2f} s" if pause else ", not paused"
+        document = {**document, "paused": paused, "paused_s": paused_s}
+    lines = [*render.snapshot_table([info]), speed]
     if snap.report is not None:
         lines.append(render.report_line(snap.report))
         document["report"] = snap.report.to_dict()

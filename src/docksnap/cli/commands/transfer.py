@@ -8,9 +8,9 @@ from typing import BinaryIO
 
 import click
 
-from docksnap.cli import render, shapes
+from docksnap.cli import refs, render, shapes
 from docksnap.cli.app import App, Result, output_options, pass_app
-from docksnap.cli.params import SECONDS
+from docksnap.cli.params import TTL_FORMATS, ttl_seconds
 from docksnap.cli.progress import Meter
 from docksnap.cli.streams import read_chunks, regular_file_size, replaced_atomically, write_chunks
 from docksnap.service.client import Client
@@ -18,7 +18,7 @@ from docksnap.service.progress import Operation
 
 
 @click.command()
-@click.argument("snapshot_id", metavar="ID")
+@click.argument("snapshot_ref", metavar="ID")
 @click.option(
     "-o",
     "--output",
@@ -28,7 +28,7 @@ from docksnap.service.progress import Operation
 )
 @output_options
 @pass_app
-def export(app: App, snapshot_id: str, output: Path | None) -> None:
+def export(app: App, snapshot_ref: str, output: Path | None) -> None:
     """Write a snapshot as a tar archive to FILE or stdout.
 
     Every byte is verified as it is read. `tar -xf` gives back the directory.
@@ -46,6 +46,7 @@ def export(app: App, snapshot_id: str, output: Path | None) -> None:
         raise click.UsageError("with --json, stdout carries the JSON document: use -o FILE")
 
     async def body(client: Client, meter: Meter) -> Result:
+        snapshot_id = await refs.snapshot_id(client, snapshot_ref)
         async with client.snapshots.export(snapshot_id) as reader:
             chunks = aiter(reader)
             if output is None or to_stdout:
@@ -78,9 +79,9 @@ def export(app: App, snapshot_id: str, output: Path | None) -> None:
 )
 @click.option(
     "--ttl",
-    type=SECONDS,
-    metavar="SECONDS",
-    help="Delete the snapshot (at `docksnap gc`) after this long unused.",
+    callback=ttl_seconds,
+    metavar="DURATION",
+    help=f"Delete the snapshot (at `docksnap gc`) after this long unused: {TTL_FORMATS}.",
 )
 @click.option(
     "--allow-devices",
@@ -136,7 +137,7 @@ def import_(
 
 
 @click.command()
-@click.argument("snapshot_id", metavar="ID")
+@click.argument("snapshot_ref", metavar="ID")
 @click.option(
     "--to",
     "target",
@@ -147,7 +148,7 @@ def import_(
 )
 @output_options
 @pass_app
-def copy(app: App, snapshot_id: str, target: str) -> None:
+def copy(app: App, snapshot_ref: str, target: str) -> None:
     """Copy a snapshot into another store, verified.
 
     The snapshot keeps its id there. Between chunked stores (file://, s3://)
@@ -161,6 +162,7 @@ def copy(app: App, snapshot_id: str, target: str) -> None:
     """
 
     async def body(client: Client, meter: Meter) -> Result:
+        snapshot_id = await refs.snapshot_id(client, snapshot_ref)
         report = await client.snapshots.copy(snapshot_id, to=target)
         document = {
             "snapshot": shapes.info(report.snapshot),

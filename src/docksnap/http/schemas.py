@@ -1,0 +1,219 @@
+"""The request and response bodies of the /v1 API, as pydantic models.
+
+They exist for two reasons: FastAPI validates requests against them, and the
+OpenAPI document is generated from them. Responses are built by the CLI's own
+shape functions (:mod:`docksnap.cli.shapes`), so ``docksnap --json`` and the
+API print the same documents; these models only describe them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SNAPSHOT_ID = r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
+# Docker's own rule for container names.
+CONTAINER_NAME = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Record(BaseModel):
+    """The portable snapshot record; ``DirectorySnapshot.from_dict`` accepts it."""
+
+    id: str
+    size: int
+    dir: str
+    name: str | None
+    digest: str | None
+    created_at: float | None
+
+
+class Source(BaseModel):
+    container: str
+    image: str
+
+
+class Info(BaseModel):
+    """A catalogue entry: the record plus what the store knows."""
+
+    snapshot: Record
+    source: Source | None
+    created_at: float
+    last_used_at: float
+    ttl: float | None
+
+
+class Page(BaseModel):
+    """One page of snapshots, newest first; ``next_offset`` is null on the last page."""
+
+    items: list[Info]
+    total: int
+    offset: int
+    next_offset: int | None
+
+
+class Entry(BaseModel):
+    """One member of a snapshot's file index; ``path`` is relative to its directory."""
+
+    path: str
+    type: Literal["file", "dir", "symlink", "hardlink", "char", "block", "fifo", "other"]
+    mode: int
+    uid: int
+    gid: int
+    mtime: int
+    size: int
+    link: str
+
+
+class Files(BaseModel):
+    items: list[Entry]
+    total: int
+    offset: int
+    next_offset: int | None
+
+
+class Change(BaseModel):
+    path: str
+    fields: list[str]
+    old: Entry
+    new: Entry
+
+
+class Diff(BaseModel):
+    added: list[Entry]
+    removed: list[Entry]
+    changed: list[Change]
+
+
+class Problem(BaseModel):
+    """An error (RFC 9457). ``type`` is stable per error class; ``exit_code`` is the CLI's."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    error: str | None
+    exit_code: int | None
+    hint: str | None
+
+
+class VerifyProblem(BaseModel):
+    snapshot_id: str | None
+    object: str
+    detail: str
+
+
+class VerifyResult(BaseModel):
+    ok: bool
+    snapshots_checked: int
+    objects_checked: int
+    bytes_checked: int
+    problems: list[VerifyProblem]
+
+
+class Orphans(BaseModel):
+    containers: list[str]
+    volumes: list[str]
+
+
+class GcResult(BaseModel):
+    expired: list[str]
+    objects_deleted: int
+    bytes_deleted: int
+    objects_kept_young: int
+    orphans: Orphans
+
+
+class Stats(BaseModel):
+    store: str
+    snapshots: int
+    logical_bytes: int
+    stored_bytes: int
+    chunks: int
+    dedup_ratio: float
+    compression_ratio: float
+    extra: dict[str, int]
+
+
+class Sample(BaseModel):
+    """Store totals at one moment (Unix seconds), as the server recorded them."""
+
+    time: float
+    snapshots: int
+    logical_bytes: int
+    stored_bytes: int
+
+
+class History(BaseModel):
+    samples: list[Sample]
+
+
+class Deleted(BaseModel):
+    deleted: list[str]
+
+
+# -- requests -------------------------------------------------------------------
+
+
+class RestoreRequest(_Strict):
+    """A snapshot to restore: at its own directory, or at ``mount_point``."""
+
+    id: str = Field(pattern=SNAPSHOT_ID)
+    mount_point: str | None = Field(default=None, max_length=4096)
+    merge: bool = False
+
+
+class StartRequest(_Strict):
+    image: str = Field(min_length=1, max_length=512)
+    entrypoint: list[str] | None = Field(default=None, max_length=1024)
+    env: dict[str, str] = Field(default_factory=dict, max_length=1024)
+    enable_internet: bool = False
+    snapshots: list[RestoreRequest] = Field(default_factory=list, max_length=64)
+
+
+class Restored(BaseModel):
+    id: str
+    target: str
+    merge: bool
+    size: int
+
+
+class Started(BaseModel):
+    name: str
+    image: str
+    running: bool
+    restores: list[Restored]
+
+
+class ContainerState(BaseModel):
+    name: str
+    running: bool
+
+
+class SnapshotRequest(_Strict):
+    dir: str = Field(min_length=1, max_length=4096)
+    name: str | None = Field(default=None, max_length=255)
+    pause: bool = True
+    ttl: float | None = Field(default=None, gt=0)
+    size_limit: int | None = Field(default=None, gt=0)
+
+
+class SignalRequest(_Strict):
+    signal: int = Field(ge=1, le=64)
+
+
+class Signalled(BaseModel):
+    name: str
+    signal: int
+
+
+class VerifyRequest(_Strict):
+    read_data: bool = True
+
+
+class GcRequest(_Strict):
+    grace: float = Field(default=3600.0, ge=0)

@@ -1,0 +1,374 @@
+"""Issue 10, "Also": engine faults at every call docksnap makes, for every operation.
+
+:class:`tests.faultengine.FaultEngine` sits between docksnap and the real engine
+and, at one chosen call, answers 500, closes the connection, stalls, or cuts or
+stalls an archive stream mid-way. For each case: a typed error, nothing new
+visible in the store, nothing leaked on the engine (containers, volumes, a
+paused container), and the same operation works once the fault is gone.
+
+The call lists are what each operation sends (recorded through the proxy);
+``ID`` is a 64-hex container id (helpers), names are the test's containers.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import signal
+import subprocess
+import tarfile
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import docksnap
+from docksnap import DirectorySnapshot, SnapshotRestore
+from tests.conftest import (
+    SESSION_ID,
+    SESSION_LABEL,
+    SESSION_LABELS,
+    TEST_IMAGE,
+    session_volume_snapshots,
+    unique_name,
+)
+from tests.faultengine import Fault, FaultEngine
+from tests.faultmatrix import outcome_of, record, write_table
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+# Short, so stalls end quickly; not so short that a busy shared engine trips it.
+TIMEOUT = 2.5
+NAME = r"/containers/ds-[^/]+"
+HELPER = r"/containers/[0-9a-f]{64}"
+CALLS: dict[str, str] = {
+    "inspect": NAME + "/json",
+    "pause": NAME + "/pause",
+    "unpause": NAME + "/unpause",
+    "read archive": NAME + "/archive",
+    "remove container": NAME,
+    "list volumes": r"/volumes",
+    "create volume": r"/volumes/create",
+    "inspect volume": r"/volumes/[^/]+",
+    "create container": r"/containers/create",
+    "helper archive": HELPER + "/archive",
+    "remove helper": HELPER,
+    "start": NAME + "/start",
+    "stat": NAME + "/archive",
+    "write archive": NAME + "/archive",
+    "list containers": r"/containers/json",
+    "signal": NAME + "/kill",
+    "wait": NAME + "/wait",
+    "remove volume": r"/volumes/docksnap-restore-[0-9a-f]+",
+}
+METHOD = {
+    "pause": "POST",
+    "unpause": "POST",
+    "remove container": "DELETE",
+    "create volume": "POST",
+    "create container": "POST",
+    "remove helper": "DELETE",
+    "start": "POST",
+    "stat": "HEAD",
+    "write archive": "PUT",
+    "signal": "POST",
+    "wait": "POST",
+    "remove volume": "DELETE",
+}
+BASIC = ("500", "close", "stall")
+
+
+@dataclass(frozen=True)
+class Case:
+    store: str  # "chunked" or "volume"
+    operation: str
+    call: str
+    action: str
+    nth: int = 1
+    method: str = ""
+
+    @property
+    def fault(self) -> Fault:
+        method = self.method or METHOD.get(self.call, "GET")
+        after = 64 * 1024 if self.action not in BASIC else 0
+        return Fault(method, CALLS[self.call], self.action, after=after, nth=self.nth)
+
+    @property
+    def label(self) -> str:
+        nth = f" #{self.nth}" if self.nth != 1 else ""
+        method = self.method or METHOD.get(self.call, "GET")
+        return f"{self.store}-{self.operation}-{method} {self.call}{nth}-{self.action}"
+
+
+def _cases() -> list[Case]:
+    cases: list[Case] = []
+
+    def add(store: str, operation: str, call: str, *actions: str, **kw: object) -> None:
+        for action in actions or BASIC:
+            cases.append(Case(store, operation, call, action, **kw))  # type: ignore[arg-type]
+
+    for call in ("inspect", "pause", "unpause"):
+        add("chunked", "snapshot", call)
+    add("chunked", "snapshot", "read archive", *BASIC, "cut", "stall_after")
+    for call in ("inspect", "remove container", "list volumes", "create volume", "start"):
+        add("chunked", "start", call)
+    add("chunked", "start", "create container", nth=1)  # the helper
+    add("chunked", "start", "create container", nth=2)  # the container itself
+    add("chunked", "start", "helper archive", *BASIC, "cut_upload", "stall_upload", method="PUT")
+    add("chunked", "start", "remove helper")
+    add("chunked", "merge", "stat")
+    add("chunked", "merge", "write archive", nth=1)  # mkdir -p of the mount point
+    add("chunked", "merge", "write archive", *BASIC, "cut_upload", nth=2)
+    add("chunked", "gc", "list containers")
+    add("chunked", "gc", "list volumes")
+    add("volume", "snapshot", "create volume")
+    add("volume", "snapshot", "create container")
+    add("volume", "snapshot", "helper archive", *BASIC, "cut_upload", method="PUT")
+    add("volume", "snapshot", "remove helper")
+    add("volume", "export", "create container")
+    add("volume", "export", "helper archive", *BASIC, "cut", "stall_after")
+    add("volume", "export", "remove helper")
+    add("volume", "import", "create volume")
+    add("volume", "import", "helper archive", *BASIC, "cut_upload", method="PUT")
+    add("volume", "verify", "list volumes")
+    add("volume", "gc", "list volumes")
+    add("volume", "start", "helper archive", "500", "cut")  # reading the snapshot volume
+    add("chunked", "signal", "inspect")
+    add("chunked", "signal", "signal")
+    add("chunked", "monitor", "wait", "500", "close")  # waiting has no deadline: no stall
+    for call in ("remove container", "list volumes", "remove volume"):
+        add("chunked", "destroy", call)
+    # The engine carries a create out but its answer is lost: what it made must still go.
+    for call, nth in (("create volume", 1), ("create container", 1), ("create container", 2)):
+        add("chunked", "start", call, "lose_answer", nth=nth)
+    add("chunked", "start", "start", "lose_answer")
+    add("volume", "snapshot", "create volume", "lose_answer")
+    add("volume", "snapshot", "create container", "lose_answer")
+    add("volume", "export", "create container", "lose_answer")
+    add("volume", "import", "create volume", "lose_answer")
+    return cases
+
+
+CASES = _cases()
+
+# Faults docksnap survives without an error: removing a helper is retried.
+ABSORBED = {case.label for case in CASES if case.call == "remove helper"}
+# A failed removal leaves what it did not remove; the promise is that trying
+# again (or the next start of that name) removes everything.
+CLEANED_BY_RETRY = {"destroy", "monitor"}
+# Known defects owned elsewhere: strict, so they fail loudly once fixed.
+KNOWN: dict[str, str] = {
+    f"chunked-snapshot-POST unpause-{action}": "a failed unpause leaves the container paused "
+    "(issue 10, defect 3: a pause never outlives docksnap)"
+    for action in BASIC
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def matrix_table() -> Iterator[None]:
+    yield
+    write_table()
+
+
+@pytest.fixture(scope="module")
+async def source(docker_engine: None) -> AsyncIterator[str]:
+    async with docksnap.Client(store="file:///nonexistent", labels=SESSION_LABELS) as client:
+        box = client.container(unique_name("ds-fault-src"))
+        script = "mkdir -p /d && head -c 300000 /dev/urandom > /d/f && echo hi > /d/g"
+        await box.start(TEST_IMAGE, entrypoint=["sh", "-c", f"{script}; exec sleep 1000"])
+        try:
+            yield box.name
+        finally:
+            await box.destroy()
+
+
+@pytest.fixture
+def engine(docker_engine: None) -> Iterator[FaultEngine]:
+    directory = Path(tempfile.mkdtemp(prefix="ds-fe-"))  # short enough for a socket address
+    with FaultEngine(directory) as fake:
+        yield fake
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@dataclass
+class World:
+    client: docksnap.Client
+    engine: FaultEngine
+    source: str
+    base: DirectorySnapshot
+    target: str
+
+
+@pytest.fixture(params=CASES, ids=[c.label for c in CASES])
+def case(request: pytest.FixtureRequest) -> Case:
+    case: Case = request.param
+    if case.label in KNOWN:
+        request.applymarker(pytest.mark.xfail(strict=True, reason=KNOWN[case.label]))
+    return case
+
+
+@pytest.fixture
+async def world(
+    case: Case, source: str, engine: FaultEngine, tmp_path: Path
+) -> AsyncIterator[World]:
+    store = (tmp_path / "store").as_uri() if case.store == "chunked" else "docker-volume:"
+    async with docksnap.Client(
+        docker_host=engine.url,
+        store=store,
+        labels=SESSION_LABELS,
+        engine_timeout=TIMEOUT,
+        stall_timeout=TIMEOUT,
+    ) as client:
+        for _ in range(100):
+            if await client.docker.stat_path(source, "/d/g") is not None:
+                break
+        base = await client.container(source).snapshot_directory("/d")
+        world = World(client, engine, source, base, unique_name("ds-fault"))
+        try:
+            yield world
+        finally:
+            engine.clear()
+            await _clean_up(case, world)
+
+
+async def _clean_up(case: Case, world: World) -> None:
+    """Through the real engine, with the default deadlines: a slow engine is no fault here."""
+    store = "file:///nonexistent" if case.store == "chunked" else "docker-volume:"
+    async with docksnap.Client(store=store, labels=SESSION_LABELS) as direct:
+        await direct.container(world.target).destroy()
+        if await _paused(direct, world.source):
+            await direct.docker.unpause_container(world.source)
+        if case.store == "volume":
+            for snapshot_id in await session_volume_snapshots(direct.docker):
+                await direct.snapshots.delete(snapshot_id)
+
+
+async def run_operation(world: World, operation: str) -> None:
+    client = world.client
+    if operation == "snapshot":
+        await client.container(world.source).snapshot_directory("/d")
+    elif operation in ("start", "merge"):
+        restore = SnapshotRestore(world.base, merge=operation == "merge")
+        box = client.container(world.target)
+        await box.start(TEST_IMAGE, entrypoint=["sleep", "1000"], snapshots=[restore])
+        await box.destroy()
+    elif operation == "export":
+        async with client.snapshots.export(world.base.id) as reader:
+            async for _ in reader:
+                pass
+    elif operation == "import":
+        await client.snapshots.import_tar(_one(_small_tar()), dir="/i", image=TEST_IMAGE)
+    elif operation == "verify":
+        report = await client.snapshots.verify()
+        assert report.ok, report.problems
+    elif operation == "gc":
+        await client.snapshots.gc(grace=0)
+        await client.reap_orphans(grace=0)
+    elif operation == "signal":
+        await client.container(world.source).signal(signal.SIGCONT)
+    elif operation == "monitor":
+        box = await _started(world)
+        await box.signal(signal.SIGKILL)
+        assert await box.monitor() == 137
+        await box.destroy()
+    elif operation == "destroy":
+        box = client.container(world.target)
+        if not await box.refresh():  # the retry destroys what a failed destroy left
+            box = await _started(world)
+        await box.destroy()
+    else:
+        raise AssertionError(operation)
+
+
+async def test_engine_fault(case: Case, world: World) -> None:
+    client = world.client
+    before_ids = await _visible(world, case)
+    before = _engine_resources()
+    world.engine.inject(case.fault)
+    error: BaseException | None = None
+    try:
+        await run_operation(world, case.operation)
+    except docksnap.DocksnapError as exc:
+        error = exc
+    fired = bool(world.engine.fired)
+    world.engine.clear()
+    assert fired, f"{case.label}: the fault never fired (the call list changed?)"
+    after_ids = await _visible(world, case)
+    saved = after_ids - before_ids  # a volume-store snapshot's volumes are not a leak
+    if case.operation not in CLEANED_BY_RETRY:
+        _assert_no_leak(case, before, saved)
+    assert not await _paused(client, world.source), f"{case.label} left the source paused"
+    if case.label in ABSORBED:
+        assert error is None, f"{case.label}: {error!r}"
+    else:
+        assert error is not None, f"{case.label} went unnoticed"
+        assert after_ids == before_ids, f"{case.label} changed what the store shows"
+    await run_operation(world, case.operation)  # the next operation works
+    if case.operation in CLEANED_BY_RETRY:
+        _assert_no_leak(case, before, saved)
+    record(
+        "engine",
+        f"{case.action} at {case.fault.method} {case.call}"
+        + (f" #{case.nth}" if case.nth != 1 else ""),
+        f"{case.operation} ({case.store} store)",
+        outcome_of(
+            error,
+            "nothing left after a retry" if case.operation in CLEANED_BY_RETRY else "nothing left",
+        ),
+    )
+
+
+def _assert_no_leak(case: Case, before: set[str], saved: set[str]) -> None:
+    leaked = {r for r in _engine_resources() - before if not any(i in r for i in saved)}
+    assert not leaked, f"{case.label} leaked {leaked}"
+
+
+async def _started(world: World) -> docksnap.Container:
+    """The target, started with a restore volume, through the proxy but before the fault."""
+    faults = world.engine.suspend()
+    box = world.client.container(world.target)
+    await box.start(TEST_IMAGE, entrypoint=["sleep", "1000"], snapshots=[world.base])
+    world.engine.resume(faults)
+    return box
+
+
+async def _visible(world: World, case: Case) -> set[str]:
+    """Ids of this test's snapshots (the volume store is shared by every session)."""
+    if case.store == "volume":
+        return set(await session_volume_snapshots(world.client.docker))
+    return {i.id async for i in world.client.snapshots.list()}
+
+
+async def _paused(client: docksnap.Client, name: str) -> bool:
+    state = await client.docker.inspect_container(name)
+    return bool(state["State"]["Paused"])
+
+
+def _engine_resources() -> set[str]:
+    label = f"label={SESSION_LABEL}={SESSION_ID}"
+    containers = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", label], capture_output=True, text=True, check=True
+    ).stdout.split()
+    volumes = subprocess.run(
+        ["docker", "volume", "ls", "-q", "--filter", label],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    return {f"container {c}" for c in containers} | {f"volume {v}" for v in volumes}
+
+
+def _small_tar() -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        data = b"x" * 200_000
+        info = tarfile.TarInfo("file")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+async def _one(data: bytes) -> AsyncIterator[bytes]:
+    yield data
