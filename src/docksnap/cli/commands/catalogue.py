@@ -80,7 +80,7 @@ def show(app: App, snapshot_id: str, with_report: bool) -> None:
         result = await _show(client, snapshot_id)
         if not with_report:
             return result
-        report = await client.snapshots.report(str(result.document["id"]))
+        report = await client.snapshots.report(result.quiet_lines[0])  # the resolved id
         document = {**result.document, "report": report.to_dict() if report else None}
         return Result(document, [*result.lines, *render.report_lines(report)], result.quiet_lines)
 
