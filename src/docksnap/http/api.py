@@ -106,7 +106,7 @@ async def inspect_container(request: Request, name: ContainerName) -> dict[str, 
 @router.post(
     "/containers/{name}/snapshots",
     status_code=201,
-    response_model=schemas.Record,
+    response_model=schemas.Taken,
     tags=["containers"],
     responses={201: {"content": _EVENTS}},
 )

@@ -32,6 +32,12 @@ class Record(BaseModel):
     created_at: float | None
 
 
+class Taken(Record):
+    """The answer to a snapshot request: the record, and how long the container was paused."""
+
+    paused_s: float | None = None
+
+
 class Source(BaseModel):
     container: str
     image: str

@@ -70,13 +70,13 @@ def _validate_attributes(mode: int, uid: int, gid: int) -> None:
 def _dir_member(name: bytes, mode: int, uid: int, gid: int, mtime: int) -> bytes:
     pax: list[bytes] = []
     if len(name) > _NAME_SIZE:
-        pax.append(_pax_record(b"path", name))
+        pax.append(pax_record(b"path", name))
     if uid >= _MAX_OCTAL_7:
-        pax.append(_pax_record(b"uid", b"%d" % uid))
+        pax.append(pax_record(b"uid", b"%d" % uid))
     if gid >= _MAX_OCTAL_7:
-        pax.append(_pax_record(b"gid", b"%d" % gid))
+        pax.append(pax_record(b"gid", b"%d" % gid))
     if not 0 <= mtime < _MAX_OCTAL_11:
-        pax.append(_pax_record(b"mtime", b"%d" % mtime))
+        pax.append(pax_record(b"mtime", b"%d" % mtime))
     header = _header(
         name[:_NAME_SIZE],
         b"5",
@@ -93,7 +93,7 @@ def _dir_member(name: bytes, mode: int, uid: int, gid: int, mtime: int) -> bytes
     return pax_header + data + bytes(-len(data) % _BLOCK) + header
 
 
-def _pax_record(key: bytes, value: bytes) -> bytes:
+def pax_record(key: bytes, value: bytes) -> bytes:
     """Encode ``"<len> key=value\\n"``, where <len> counts its own digits."""
     body = b" " + key + b"=" + value + b"\n"
     length = len(body) + 1

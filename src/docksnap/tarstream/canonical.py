@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from .build import pax_record
 from .entry import TarEntry
 from .errors import UnsafeArchiveError
 from .indexer import BLOCK, DEFAULT_MAX_NAME_LENGTH, TarIndexer
@@ -124,19 +125,19 @@ def canonical_header(entry: TarEntry, devmajor: int = 0, devminor: int = 0) -> b
     link = _encode(entry.link)
     records: list[bytes] = []
     if len(name) > _NAME_SIZE:
-        records.append(_pax_record(b"path", name))
+        records.append(pax_record(b"path", name))
     if len(link) > _NAME_SIZE:
-        records.append(_pax_record(b"linkpath", link))
+        records.append(pax_record(b"linkpath", link))
     numbers = {b"uid": entry.uid, b"gid": entry.gid}
     for key, value in numbers.items():
         if value >= _MAX_OCTAL_7:
-            records.append(_pax_record(key, b"%d" % value))
+            records.append(pax_record(key, b"%d" % value))
     if entry.size >= _MAX_OCTAL_11:
-        records.append(_pax_record(b"size", b"%d" % entry.size))
+        records.append(pax_record(b"size", b"%d" % entry.size))
     if not 0 <= entry.mtime < _MAX_OCTAL_11:
-        records.append(_pax_record(b"mtime", b"%d" % entry.mtime))
+        records.append(pax_record(b"mtime", b"%d" % entry.mtime))
     for xattr, content in entry.xattrs:
-        records.append(_pax_record(b"SCHILY.xattr." + _encode(xattr), content))
+        records.append(pax_record(b"SCHILY.xattr." + _encode(xattr), content))
     if entry.type not in ("char", "block"):
         devmajor = devminor = 0
     if not (0 <= devmajor < _MAX_OCTAL_7 and 0 <= devminor < _MAX_OCTAL_7):
@@ -162,15 +163,6 @@ def canonical_header(entry: TarEntry, devmajor: int = 0, devminor: int = 0) -> b
 
 def _encode(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape")
-
-
-def _pax_record(key: bytes, value: bytes) -> bytes:
-    """Encode ``"<len> key=value\\n"``, where <len> counts its own digits."""
-    body = b" " + key + b"=" + value + b"\n"
-    length = len(body) + 1
-    while len(str(length)) + len(body) != length:
-        length = len(str(length)) + len(body)
-    return b"%d" % length + body
 
 
 def _block(

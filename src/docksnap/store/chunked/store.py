@@ -41,6 +41,7 @@ from docksnap.store.chunked.format import (
     ChunkDecodeError,
     ChunkerParams,
     ChunkRef,
+    IndexRef,
     Manifest,
     ManifestHeader,
     SourceRecord,
@@ -424,21 +425,19 @@ class ChunkedStore:
 
     # --- save: commit --------------------------------------------------------------------
 
-    def _commit(
+    def _write_manifest(
         self,
+        version: int,
         snapshot: DirectorySnapshot,
         result: StreamResult,
         source: SnapshotSource,
         ttl: float | None,
-        elapsed: float,
+        index: IndexRef,
     ) -> SnapshotInfo:
-        """Write the index, then the manifest with put_if_absent: the commit point."""
-        if elapsed > self._max_write_seconds:
-            self._records.recheck_deduplicated(snapshot.id, result.deduped, self._max_write_seconds)
-        index = self._records.write_index(snapshot.id, result.entries)
+        """The commit point: the manifest, with put_if_absent; the snapshot exists after it."""
         now = time.time()
         manifest = Manifest(
-            version=1,
+            version=version,
             id=snapshot.id,
             size=result.size,
             dir=snapshot.dir,
@@ -455,6 +454,20 @@ class ChunkedStore:
             raise StoreError(self.url, f"snapshot {snapshot.id} already exists")
         header = msgspec.convert(msgspec.structs.asdict(manifest), ManifestHeader)
         return info_from_header(header, None)
+
+    def _commit(
+        self,
+        snapshot: DirectorySnapshot,
+        result: StreamResult,
+        source: SnapshotSource,
+        ttl: float | None,
+        elapsed: float,
+    ) -> SnapshotInfo:
+        """Write the index, then the manifest with put_if_absent: the commit point."""
+        if elapsed > self._max_write_seconds:
+            self._records.recheck_deduplicated(snapshot.id, result.deduped, self._max_write_seconds)
+        index = self._records.write_index(snapshot.id, result.entries)
+        return self._write_manifest(1, snapshot, result, source, ttl, index)
 
     def _commit_v2(
         self,
@@ -479,25 +492,7 @@ class ChunkedStore:
         list(io.map(self._put_pack_index, result.packs))
         index = self._records.write_index(snapshot.id, result.entries)
         lease.check()  # gc may count us as gone: it must see our manifest first
-        now = time.time()
-        manifest = Manifest(
-            version=MANIFEST_VERSION,
-            id=snapshot.id,
-            size=result.size,
-            dir=snapshot.dir,
-            name=snapshot.name,
-            digest=result.digest,
-            created_at=now,
-            last_used_at=now,
-            ttl=ttl,
-            source=SourceRecord(source.container, source.image),
-            chunks=result.chunks,
-            index=index,
-        )
-        if not self._records.commit(manifest):
-            raise StoreError(self.url, f"snapshot {snapshot.id} already exists")
-        header = msgspec.convert(msgspec.structs.asdict(manifest), ManifestHeader)
-        return info_from_header(header, None)
+        return self._write_manifest(MANIFEST_VERSION, snapshot, result, source, ttl, index)
 
     def _put_pack_index(self, table: PackTable) -> None:
         self._objects.put(pack_index_key(table.pack_id), table.encode_index())
