@@ -7,6 +7,7 @@ import click
 from docksnap import __version__
 from docksnap.cli.app import App, DocksnapGroup, output_options, parse_pairs
 from docksnap.cli.commands import beyond, catalogue, containers, demo, transfer
+from docksnap.cli.malloc import limit_malloc_arenas
 from docksnap.cli.params import SECONDS
 
 
@@ -110,4 +111,5 @@ cli.lazy_commands["serve"] = "docksnap.http.command:serve"
 
 def main() -> None:
     """The console script's entry point."""
+    limit_malloc_arenas()
     cli(prog_name="docksnap")
