@@ -20,12 +20,13 @@ from .errors import (
     TarLimitError,
     UnsafeArchiveError,
 )
-from .indexer import TarIndexer
+from .indexer import MemberIndexer, TarIndexer
 from .safety import RestorableChecker, TarSafetyChecker, check_member_safe
 
 __all__ = [
     "ENTRY_TYPES",
     "AmbiguousArchiveError",
+    "MemberIndexer",
     "RestorableChecker",
     "TarCanonicalizer",
     "TarEntry",

@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 import struct
 from dataclasses import dataclass
+from typing import Any
 from zlib import adler32
 
 from docksnap.errors import UnsafeArchiveError
@@ -701,3 +702,53 @@ def _pax_time(values: dict[str, bytes], key: str, default: int, offset: int) -> 
         if _INT64_MIN <= seconds <= _INT64_MAX:
             return seconds
     raise TarFormatError(offset, f"bad pax {key} {value[:40]!r}")
+
+
+class MemberIndexer(TarIndexer):
+    """A :class:`TarIndexer` that also reports where each member's data lies.
+
+    A member's data region runs from the end of its main header to the end of the
+    padding after its data; members without data have none. The per-file chunking
+    of docs/FORMAT.md §11.11 cuts each data region on its own, and the bytes
+    between data regions (headers, end-of-archive marker) as regions of their own.
+
+    Both ends of a data region are known (in :meth:`take_cuts`) once its main
+    header was fed, i.e. before any byte of the region: a consumer that takes the
+    cuts after each :meth:`feed` never misses one. :attr:`spans` holds
+    ``(start, data_start, end)`` per member (``start`` as :attr:`TarEntry.offset`)
+    in the order of :attr:`entries` (the caller moves both out as it spills them).
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.spans: list[tuple[int, int, int]] = []
+        self._cuts: list[int] = []
+
+    def take_cuts(self) -> list[int]:
+        """Cut offsets found since the last call, increasing."""
+        cuts, self._cuts = self._cuts, []
+        return cuts
+
+    def skip_data(self, nbytes: int) -> None:
+        """Account for a member's data (with its padding) that is not fed.
+
+        Valid only right after a member's main header, with ``nbytes`` equal to its
+        size padded to 512; else :class:`TarFormatError` (and the error is sticky).
+        """
+        if self._error is not None:
+            raise self._error
+        if self._header_fill or self._record_left or self._skip != nbytes:
+            self._error = TarFormatError(
+                self._bytes_seen,
+                f"{nbytes} bytes of data given where the member's header declares {self._skip}",
+            )
+            raise self._error
+        self._skip = 0
+        self._bytes_seen += nbytes
+
+    def _on_member(self, entry: TarEntry, devices: tuple[int, int], data_start: int) -> None:
+        super()._on_member(entry, devices, data_start)
+        end = data_start + entry.size + (-entry.size % BLOCK)
+        if end > data_start:
+            self._cuts += (data_start, end)
+        self.spans.append((entry.offset, data_start, end))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Iterable
 from typing import Any, Final, TypeVar
 
 import blake3
@@ -21,8 +22,11 @@ FORMAT_NAME: Final = "docksnap-chunked"
 # version-1 manifests and their chunks/ objects, which are read as before.
 FORMAT_VERSION: Final = 2
 FORMAT_VERSIONS: Final = (1, 2)
-MANIFEST_VERSION: Final = 2
-MANIFEST_VERSIONS: Final = (1, 2)
+# Manifest version 3 (§11.11) is version 2 (chunks in packs) cut per file, with a
+# digest over the chunk list; version-2 manifests (whole-stream cuts) still read.
+MANIFEST_VERSION: Final = 3
+MANIFEST_VERSIONS: Final = (1, 2, 3)
+PER_FILE_MANIFEST: Final = 3
 INDEX_VERSION: Final = 1
 
 CONFIG_KEY: Final = "config"
@@ -188,12 +192,26 @@ class ManifestRefs(msgspec.Struct, frozen=True, kw_only=True):
     index: IndexRef | None
 
 
+class MemberChunks(msgspec.Struct, frozen=True, array_like=True):
+    """Where one member lies in its manifest's chunk list (per-file snapshots):
+    chunks ``[header, content)`` hold its header blocks (extension headers
+    included; they may hold the headers of neighbouring members without data
+    too), and ``[content, end)`` exactly its data with the padding to 512 bytes
+    (empty for members without data)."""
+
+    header: int
+    content: int
+    end: int
+
+
 class TarIndex(msgspec.Struct, frozen=True, kw_only=True):
-    """The ``indexes/<id>`` object: the tar headers of the stream, in order."""
+    """The ``indexes/<id>`` object: the tar headers of the stream, in order, and
+    (per-file snapshots, manifest version 3) each member's chunk ranges."""
 
     version: int
     snapshot_id: str
     entries: tuple[TarEntry, ...]
+    members: tuple[MemberChunks, ...] = ()
 
 
 class LastUsed(msgspec.Struct, frozen=True):
@@ -288,6 +306,19 @@ def decode_chunk(stored: bytes | memoryview, length: int) -> memoryview | bytes:
 
 def hash_hex(data: memoryview | bytes) -> str:
     return blake3.blake3(data).hexdigest()
+
+
+def chunk_list_digest(chunks: Iterable[ChunkRef]) -> str:
+    """The digest of a per-file snapshot (§11.11): BLAKE3 over each chunk's raw
+    32-byte hash and its length (u64le), in order.
+
+    It commits to the stream as the whole-stream BLAKE3 does (each chunk hash
+    commits to its bytes), but needs no byte of a chunk reused by reference.
+    """
+    state = blake3.blake3()
+    for ref in chunks:
+        state.update(bytes.fromhex(ref.hash) + ref.length.to_bytes(8, "little"))
+    return f"blake3:{state.hexdigest()}"
 
 
 def encode_record(record: Any) -> bytes:

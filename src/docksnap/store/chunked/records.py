@@ -15,7 +15,7 @@ from __future__ import annotations
 import builtins
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TypeVar
 
 import msgspec
@@ -39,6 +39,7 @@ from docksnap.store.chunked.format import (
     TAG_ZSTD,
     ChunkDecodeError,
     ChunkerParams,
+    ChunkRef,
     IndexRef,
     LastUsed,
     Manifest,
@@ -258,11 +259,14 @@ class Records:
             raise SnapshotCorruptError(snapshot_id, "the manifest references no tar index")
         return builtins.list(self.index_bytes(snapshot_id, ref)[1].entries)
 
-    def write_index(self, snapshot_id: str, spool: IndexSpool) -> IndexRef:
+    def write_index(
+        self, snapshot_id: str, spool: IndexSpool, chunks: Sequence[ChunkRef] = ()
+    ) -> IndexRef:
         """Write ``indexes/<id>`` from a save's spooled entries (and close the spool);
-        the reference the manifest will pin it by."""
+        the reference the manifest will pin it by. ``chunks``: the stream's chunk
+        list, which a per-file save's member ranges index into."""
         try:
-            stored = spool.encode_record(snapshot_id)
+            stored = spool.encode_record(snapshot_id, chunks)
         finally:
             spool.close()
         return self.put_index(snapshot_id, stored, spool.count)
@@ -343,7 +347,11 @@ def check_index(snapshot_id: str, ref: IndexRef, stored: bytes) -> TarIndex:
         raise SnapshotCorruptError(
             snapshot_id, f"tar index {ref.key} is unreadable: {exc}"
         ) from None
-    if index.snapshot_id != snapshot_id or len(index.entries) != ref.entries:
+    if (
+        index.snapshot_id != snapshot_id
+        or len(index.entries) != ref.entries
+        or len(index.members) not in (0, ref.entries)
+    ):
         detail = f"tar index {ref.key} does not match its manifest (id or entry count)"
         raise SnapshotCorruptError(snapshot_id, detail)
     return index

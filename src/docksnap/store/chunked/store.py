@@ -13,7 +13,7 @@ import builtins
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager
 from typing import ParamSpec, TypeVar
@@ -32,11 +32,12 @@ from docksnap.store.base import (
     TarReader,
     VerifyReport,
 )
+from docksnap.store.chunked.cutter import Reused
 from docksnap.store.chunked.format import (
     CHUNKS,
     FORMAT_VERSION,
     FORMAT_VERSIONS,
-    MANIFEST_VERSION,
+    PER_FILE_MANIFEST,
     TRASH,
     ChunkDecodeError,
     ChunkerParams,
@@ -57,6 +58,12 @@ from docksnap.store.chunked.format import (
 )
 from docksnap.store.chunked.gc import Collector
 from docksnap.store.chunked.leases import DEFAULT_TTL, Lease
+from docksnap.store.chunked.members import (
+    END_OF_ARCHIVE,
+    Member,
+    MemberChunkRecord,
+    member_stream,
+)
 from docksnap.store.chunked.packgc import REPACK_THRESHOLD, PackCollector
 from docksnap.store.chunked.packs import (
     PACK_TARGET,
@@ -96,6 +103,9 @@ from docksnap.tarstream import TarEntry
 log = logging.getLogger(__name__)
 
 _P = ParamSpec("_P")
+# What a reused chunk reference weighs in a batch: its memory, not its data.
+_REUSED_WEIGHT = 128
+WHOLE_STREAM_PACKED_MANIFEST = 2
 _R = TypeVar("_R")
 
 
@@ -116,6 +126,11 @@ class ChunkedStore:
     chunks it found already stored (gc's grace must be longer for version-1
     writers). Every version is read whatever ``format_version`` says.
 
+    ``per_file`` (format 2 only; default) cuts each member's header and data on
+    their own (manifest version 3, §11.11), which :meth:`member_chunks` and
+    :meth:`save_members` need; False keeps the whole-stream cut of manifest
+    version 2 (kept to compare the two, and for tests of stores written before).
+
     Every method is safe to call concurrently, from several tasks and processes.
     """
 
@@ -133,6 +148,7 @@ class ChunkedStore:
         pack_size: int = PACK_TARGET,
         lease_ttl: float = DEFAULT_TTL,
         repack_threshold: float | None = REPACK_THRESHOLD,
+        per_file: bool = True,
     ) -> None:
         if format_version not in FORMAT_VERSIONS:
             raise ValueError(f"format_version must be one of {FORMAT_VERSIONS}")
@@ -147,6 +163,7 @@ class ChunkedStore:
         self._pack_size = pack_size
         self._lease_ttl = lease_ttl
         self._repack_threshold = repack_threshold
+        self._per_file = per_file and format_version == 2
         self._index_cache: IndexCache | None = None
         self._pools: Pools | None = None
         self._control: ThreadPoolExecutor | None = None
@@ -184,13 +201,87 @@ class ChunkedStore:
             raise StoreError(self.url, f"snapshot {snapshot.id} already exists")
         if self._format_version == 1:
             return await self._save_v1(snapshot, tar, config.chunker, source, ttl)
+        return await self._save_v2(snapshot, tar, config.chunker, source, ttl)
+
+    async def save_members(
+        self,
+        snapshot: DirectorySnapshot,
+        members: Iterable[Member] | AsyncIterable[Member],
+        *,
+        source: SnapshotSource,
+        ttl: float | None = None,
+        trailer: bytes = END_OF_ARCHIVE,
+    ) -> SnapshotInfo:
+        """Save the tar stream of ``members`` then ``trailer`` as :meth:`save` does.
+
+        The snapshot is exactly the one :meth:`save` makes of that stream (same
+        chunk list, size, digest and index), but a member's data given as
+        :class:`ReusedContent` is never read: its chunks are only checked to be
+        stored (StoreError if one is not, or is being removed by gc; nothing is
+        committed). Atomic as :meth:`save`; members whose headers and data
+        disagree fail with the :mod:`docksnap.tarstream` error. Needs a per-file
+        writer (format 2, ``per_file``): else StoreError.
+        """
+        if not self._per_file:
+            raise StoreError(self.url, "saving members needs the per-file format (version 2)")
+        config = await self._control_call(self._records.config_for_write, self._format_version)
+        if await self._control_call(self._records.manifest_exists, snapshot.id):
+            raise StoreError(self.url, f"snapshot {snapshot.id} already exists")
+        stream = member_stream(members, trailer)
+        return await self._save_v2(snapshot, stream, config.chunker, source, ttl)
+
+    async def member_chunks(self, snapshot_id: str) -> builtins.list[MemberChunkRecord]:
+        """Each member of a per-file snapshot with the chunks of its header and data,
+        in stream order, from the manifest and the tar index (no chunk is read).
+
+        Read-only. SnapshotNotFoundError for an unknown id; SnapshotCorruptError if
+        the index is damaged; StoreError if the snapshot was not cut per file
+        (manifest version 1 or 2), whose chunks do not follow members.
+        """
+        return await self._control_call(self._member_chunks, snapshot_id)
+
+    def _member_chunks(self, snapshot_id: str) -> builtins.list[MemberChunkRecord]:
+        manifest = self._records.manifest(snapshot_id, Manifest)
+        if manifest.version != PER_FILE_MANIFEST or manifest.index is None:
+            raise StoreError(
+                self.url,
+                f"snapshot {snapshot_id} is not cut per file (manifest version "
+                f"{manifest.version}): its chunks do not follow its members",
+            )
+        index = self._records.index_bytes(snapshot_id, manifest.index)[1]
+        chunks = manifest.chunks
+        records: builtins.list[MemberChunkRecord] = []
+        walked, at = 0, 0  # chunks[walked] begins at stream offset `at`
+        for entry, where in zip(index.entries, index.members, strict=True):
+            if not walked <= where.header <= where.content <= where.end <= len(chunks):
+                raise SnapshotCorruptError(snapshot_id, f"member {entry.path!r} has bad ranges")
+            at += sum(ref.length for ref in chunks[walked : where.header])
+            walked = where.header
+            records.append(
+                MemberChunkRecord(
+                    entry,
+                    chunks[where.header : where.content],
+                    entry.offset - at,
+                    chunks[where.content : where.end],
+                )
+            )
+        return records
+
+    async def _save_v2(
+        self,
+        snapshot: DirectorySnapshot,
+        tar: AsyncIterator[bytes] | AsyncIterator[bytes | Reused],
+        chunker: ChunkerParams,
+        source: SnapshotSource,
+        ttl: float | None,
+    ) -> SnapshotInfo:
         lease = Lease(self._objects, "save", ttl=self._lease_ttl)
         # The lease exists before the index and gc's marks are read: a gc that
         # marks a pack after this point sees the lease and waits for this save.
         await self._control_call(lease.__enter__)
         try:
             target = await self._control_call(self._pack_target)
-            writer = StreamWriter(self._get_pools(), config.chunker, packs=target)
+            writer = StreamWriter(self._get_pools(), chunker, packs=target, per_file=self._per_file)
             writer.start()
             try:
                 await _pump(tar, writer)
@@ -490,9 +581,10 @@ class ChunkedStore:
             raise
         io = self._get_pools().io
         list(io.map(self._put_pack_index, result.packs))
-        index = self._records.write_index(snapshot.id, result.entries)
+        index = self._records.write_index(snapshot.id, result.entries, result.chunks)
         lease.check()  # gc may count us as gone: it must see our manifest first
-        return self._write_manifest(MANIFEST_VERSION, snapshot, result, source, ttl, index)
+        version = PER_FILE_MANIFEST if self._per_file else WHOLE_STREAM_PACKED_MANIFEST
+        return self._write_manifest(version, snapshot, result, source, ttl, index)
 
     def _put_pack_index(self, table: PackTable) -> None:
         self._objects.put(pack_index_key(table.pack_id), table.encode_index())
@@ -633,19 +725,25 @@ def _stored_sizes(objects: ObjectStore, index: LayeredIndex) -> dict[str, int]:
     return sizes
 
 
-async def _pump(tar: AsyncIterator[bytes], writer: StreamWriter) -> None:
+async def _pump(
+    tar: AsyncIterator[bytes] | AsyncIterator[bytes | Reused], writer: StreamWriter
+) -> None:
     """Feed the stream to the writer in batches of about BATCH_SIZE bytes.
 
     Pieces that are not ``bytes`` are copied: a producer may reuse its buffer once
     it has yielded, but the pipeline reads pieces later, on another thread.
     """
-    batch: list[bytes] = []
+    batch: list[bytes | Reused] = []
     pending = 0
     async for piece in tar:
-        if not piece:
+        if isinstance(piece, Reused):
+            batch.append(piece)
+            pending += _REUSED_WEIGHT * len(piece.chunks)
+        elif not piece:
             continue
-        batch.append(piece if type(piece) is bytes else bytes(piece))
-        pending += len(piece)
+        else:
+            batch.append(piece if type(piece) is bytes else bytes(piece))
+            pending += len(piece)
         if pending >= BATCH_SIZE:
             await writer.send(batch)
             batch, pending = [], 0

@@ -15,7 +15,13 @@ import blake3
 
 from docksnap.errors import SnapshotCorruptError, SnapshotNotFoundError, StoreError
 from docksnap.store.base import Problem, VerifyReport
-from docksnap.store.chunked.format import ChunkRef, Manifest, chunk_key
+from docksnap.store.chunked.format import (
+    PER_FILE_MANIFEST,
+    ChunkRef,
+    Manifest,
+    chunk_key,
+    chunk_list_digest,
+)
 from docksnap.store.chunked.reader import PIECE_SIZE, READ_AHEAD, Fetcher, group_chunks
 from docksnap.store.chunked.records import Records
 
@@ -107,6 +113,7 @@ class Verifier:
         """Fetch every chunk in order (prefetched), hashing the whole stream too."""
         fetcher = self._fetcher_for(manifest)
         stream = blake3.blake3()
+        per_file = manifest.version == PER_FILE_MANIFEST
         intact = True
         window: deque[Future[_Checked]] = deque()
         groups = group_chunks(manifest.chunks, PIECE_SIZE)
@@ -125,11 +132,16 @@ class Verifier:
                     tally.problems.append(Problem(manifest.id, ref.hash, detail))
                     continue
                 tally.nbytes += len(data)
-                if intact:
+                if intact and not per_file:
                     stream.update(data)
-        actual = f"blake3:{stream.hexdigest()}"
+        # A per-file snapshot's digest is over its chunk list (§11.11): every chunk
+        # was just checked against its hash, so the two together prove the stream.
+        if per_file:
+            actual, what = chunk_list_digest(manifest.chunks), "chunk-list digest"
+        else:
+            actual, what = f"blake3:{stream.hexdigest()}", "whole-stream digest"
         if intact and actual != manifest.digest:
-            detail = f"whole-stream digest is {actual}, manifest says {manifest.digest}"
+            detail = f"{what} is {actual}, manifest says {manifest.digest}"
             tally.problems.append(Problem(manifest.id, "stream", detail))
 
 

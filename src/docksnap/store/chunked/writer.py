@@ -3,7 +3,8 @@
 Stages and threads::
 
     event loop        batches of pieces (>= 1 MiB) ──► inbox (at most `batch_limit`)
-    cutter thread     whole-stream BLAKE3, tar index, FastCDC → 4 MiB segments
+    cutter thread     tar index, FastCDC (per region, or whole-stream with its
+                      BLAKE3) → 4 MiB segments
     cpu pool          per segment: BLAKE3 each chunk, skip known ones, zstd the rest
     io pool           put_if_absent of each new chunk (at most `put_limit` pending)
 
@@ -23,6 +24,7 @@ import asyncio
 import contextlib
 import queue
 import threading
+from collections.abc import Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
@@ -30,12 +32,20 @@ from typing import Any, Final
 
 import blake3
 
-from docksnap.store.chunked.cutter import Segment, StreamCutter
-from docksnap.store.chunked.format import ChunkerParams, ChunkRef, chunk_key, encode_chunk, hash_hex
+from docksnap.errors import StoreError
+from docksnap.store.chunked.cutter import RegionCutter, RegionSegment, Reused, Segment, StreamCutter
+from docksnap.store.chunked.format import (
+    ChunkerParams,
+    ChunkRef,
+    chunk_key,
+    chunk_list_digest,
+    encode_chunk,
+    hash_hex,
+)
 from docksnap.store.chunked.packs import LayeredIndex, PackBuilder, PackTable, SealedPack
 from docksnap.store.chunked.spool import IndexSpool
 from docksnap.store.objects import ObjectStore
-from docksnap.tarstream import TarIndexer
+from docksnap.tarstream import MemberIndexer, TarIndexer
 
 SEGMENT_SIZE: Final = 4 * 1024 * 1024
 BATCH_SIZE: Final = 1024 * 1024
@@ -137,15 +147,19 @@ class StreamWriter:
         put_limit: int = 64,
         packs: PackTarget | None = None,
         pack_limit: int = 2,
+        per_file: bool = False,
     ) -> None:
+        if per_file and packs is None:
+            raise ValueError("per-file chunking writes packs only (format version 2)")
         self._pools = pools
         self._params = params
+        self._per_file = per_file
         self._packs = packs
         self._pack_slots = threading.Semaphore(pack_limit)
         self._written: list[PackTable] = []
         self._created: list[str] = []
         self._loop = asyncio.get_running_loop()
-        self._inbox: queue.SimpleQueue[list[bytes] | _Signal] = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[list[bytes | Reused] | _Signal] = queue.SimpleQueue()
         self._credits = asyncio.Semaphore(batch_limit)
         self._segment_slots = threading.Semaphore(segment_limit)
         self._put_slots = threading.Semaphore(put_limit)
@@ -160,7 +174,7 @@ class StreamWriter:
         self._failure: BaseException | None = None
         self._stop = threading.Event()
         self._digest = blake3.blake3()
-        self._indexer = TarIndexer()
+        self._indexer = MemberIndexer() if per_file else TarIndexer()
         self._spool = IndexSpool()
         self._size = 0
         self._inbox_closed = False
@@ -172,8 +186,11 @@ class StreamWriter:
     def start(self) -> None:
         self._thread.start()
 
-    async def send(self, batch: list[bytes]) -> None:
-        """Hand a batch to the cutter; waits while `batch_limit` batches are queued."""
+    async def send(self, batch: list[bytes | Reused]) -> None:
+        """Hand a batch to the cutter; waits while `batch_limit` batches are queued.
+
+        A :class:`Reused` item (per-file writers only) stands for a member's data
+        and padding, right after its header, as chunks the store holds."""
         await self._credits.acquire()
         if self._failure is not None:
             self._credits.release()
@@ -212,41 +229,106 @@ class StreamWriter:
             self._done.set_result(result)
 
     def _cut_stream(self) -> StreamResult:
-        cutter = StreamCutter(self._params, SEGMENT_SIZE, self._take_segment, self._dispatch)
-        while True:
-            item = self._inbox.get()
-            if isinstance(item, _Signal):
-                self._inbox_closed = True
-                if item is _ABORT:
-                    raise SaveAborted("the save was abandoned")
-                break
-            try:
-                for piece in item:
-                    self._raise_if_failed()
-                    self._digest.update(piece)
-                    self._indexer.feed(piece)
-                    cutter.feed(piece)
-                    self._size += len(piece)
-                self._spill_entries()
-            finally:
-                self._release_credit()
-        cutter.finish()
+        if self._per_file:
+            self._cut_regions()
+        else:
+            self._cut_whole_stream()
         self._spool.add(self._indexer.finish())
+        if isinstance(self._indexer, MemberIndexer):
+            self._spool.add_spans(self._indexer.spans)
         refs = [ref for future in self._segments for ref in future.result()]
         if self._packs is not None and (last := self._packs.builder.seal()) is not None:
             self._submit_pack(last)
         self._wait_for_puts()
         self._raise_if_failed()
+        digest = chunk_list_digest(refs) if self._per_file else f"blake3:{self._digest.hexdigest()}"
         return StreamResult(
             chunks=tuple(refs),
             size=self._size,
-            digest=f"blake3:{self._digest.hexdigest()}",
+            digest=digest,
             entries=self._spool,
             new_chunks=self._new_chunks,
             stored_bytes=self._stored_bytes,
             deduped=frozenset(self._deduped),
             packs=tuple(self._written),
         )
+
+    def _batches(self) -> Generator[list[bytes | Reused]]:
+        """The inbox's batches until END; SaveAborted on ABORT. Frees each batch's
+        credit once the caller has handled it."""
+        while True:
+            item = self._inbox.get()
+            if isinstance(item, _Signal):
+                self._inbox_closed = True
+                if item is _ABORT:
+                    raise SaveAborted("the save was abandoned")
+                return
+            try:
+                yield item
+                self._spill_entries()
+            finally:
+                self._release_credit()
+
+    def _cut_whole_stream(self) -> None:
+        cutter = StreamCutter(self._params, SEGMENT_SIZE, self._take_segment, self._dispatch)
+        with contextlib.closing(self._batches()) as batches:
+            self._feed_whole_stream(cutter, batches)
+        cutter.finish()
+
+    def _feed_whole_stream(
+        self, cutter: StreamCutter, batches: Iterator[list[bytes | Reused]]
+    ) -> None:
+        for batch in batches:
+            for piece in batch:
+                self._raise_if_failed()
+                if isinstance(piece, Reused):
+                    raise ValueError("reused chunks need a per-file writer")
+                self._digest.update(piece)
+                self._indexer.feed(piece)
+                cutter.feed(piece)
+                self._size += len(piece)
+
+    def _cut_regions(self) -> None:
+        cutter = RegionCutter(self._params, SEGMENT_SIZE, self._take_segment, self._dispatch)
+        # closing(): a failure must free the current batch's credit now, not when
+        # the generator (held by the sticky exception's traceback) is collected.
+        with contextlib.closing(self._batches()) as batches:
+            self._feed_regions(cutter, batches)
+        cutter.finish()
+
+    def _feed_regions(self, cutter: RegionCutter, batches: Iterator[list[bytes | Reused]]) -> None:
+        indexer = self._indexer
+        assert isinstance(indexer, MemberIndexer)
+        for batch in batches:
+            for piece in batch:
+                self._raise_if_failed()
+                if isinstance(piece, Reused):
+                    self._check_reused(piece)
+                    indexer.skip_data(piece.nbytes)
+                    cutter.cut_at(indexer.take_cuts())
+                    cutter.reuse(piece.chunks, piece.nbytes)
+                    self._size += piece.nbytes
+                else:
+                    indexer.feed(piece)
+                    cutter.cut_at(indexer.take_cuts())
+                    cutter.feed(piece)
+                    self._size += len(piece)
+
+    def _check_reused(self, run: Reused) -> None:
+        """Every reused chunk must be stored and not marked by gc (the dedup check of
+        a chunk given as bytes); its bytes are never read. StoreError if not."""
+        assert self._packs is not None
+        packs = self._packs
+        if sum(ref.length for ref in run.chunks) != run.nbytes:
+            raise ValueError(f"reused chunks hold {run.nbytes} bytes by their lengths")
+        for ref in run.chunks:
+            if packs.index.find(bytes.fromhex(ref.hash), packs.excluded) is None:
+                raise StoreError(
+                    self._pools.objects.url,
+                    f"chunk {ref.hash} given for reuse is not stored (or gc is removing it)",
+                )
+            with self._lock:
+                self._deduped.add(ref.hash)
 
     @property
     def created_packs(self) -> list[str]:
@@ -262,13 +344,16 @@ class StreamWriter:
         if len(entries) >= _SPILL_EVERY:
             self._spool.add(entries)
             entries.clear()
+            if isinstance(self._indexer, MemberIndexer):
+                self._spool.add_spans(self._indexer.spans)
+                self._indexer.spans.clear()
 
     def _take_segment(self) -> bytearray:
         while not self._segment_slots.acquire(timeout=_POLL):
             self._raise_if_failed()
         return self._pools.buffers.take()
 
-    def _dispatch(self, segment: Segment) -> None:
+    def _dispatch(self, segment: Segment | RegionSegment) -> None:
         future = self._pools.cpu.submit(self._store_segment, segment)
         future.add_done_callback(self._note_failure)
         self._segments.append(future)
@@ -291,12 +376,17 @@ class StreamWriter:
 
     # --- cpu pool ----------------------------------------------------------------
 
-    def _store_segment(self, segment: Segment) -> list[ChunkRef]:
+    def _store_segment(self, segment: Segment | RegionSegment) -> list[ChunkRef]:
         """Hash every chunk of ``segment``; compress and queue a put for new ones."""
         try:
             view = memoryview(segment.buffer)
             refs: list[ChunkRef] = []
-            for offset, length in segment.spans:
+            items = segment.spans if isinstance(segment, Segment) else segment.items
+            for item in items:
+                if isinstance(item, Reused):
+                    refs += item.chunks
+                    continue
+                offset, length = item
                 chunk = view[offset : offset + length]
                 digest = hash_hex(chunk)
                 refs.append(ChunkRef(digest, length))
