@@ -5,7 +5,7 @@ writer that reuses chunks without reading them; older snapshots still read."""
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from docksnap.store.base import SnapshotInfo, SnapshotSource
 from docksnap.store.chunked import ChunkedStore, ChunkerParams
 from docksnap.store.chunked.cutter import RegionCutter, RegionSegment, Reused, make_chunker
 from docksnap.store.chunked.format import (
+    ChunkRef,
     Manifest,
     chunk_list_digest,
     decode_record,
@@ -28,6 +29,7 @@ from docksnap.store.chunked.format import (
     open_record,
 )
 from docksnap.store.chunked.members import Member, MemberChunkRecord, ReusedContent
+from docksnap.store.chunked.reader import PackFetcher
 from docksnap.store.objects.local import LocalObjectStore
 from docksnap.tarstream import MemberIndexer, TarFormatError
 from tests.conformance.streams import build_tar, pieces, random_files, text_files
@@ -319,3 +321,23 @@ async def test_member_chunks_locate_every_header(store: ChunkedStore) -> None:
             not rec.content
         )
         assert sum(r.length for r in rec.content) == end - data_start
+
+
+async def test_member_headers_are_the_raw_header_bytes(
+    store: ChunkedStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = odd_tar()
+    info = await save(store, data)
+    fetched: list[int] = []
+    fetch_group = PackFetcher.fetch_group
+
+    def counting(self: PackFetcher, refs: Sequence[ChunkRef]) -> bytes:
+        fetched.extend(ref.length for ref in refs)
+        return fetch_group(self, refs)
+
+    monkeypatch.setattr(PackFetcher, "fetch_group", counting)
+    got = [(record.entry.path, header) async for record, header in store.member_headers(info.id)]
+    spans = list(_spans(data))
+    assert [h for _, h in got] == [data[start:data_start] for start, data_start, _ in spans]
+    # Only the chunks between members' data were read, not the 70,000-byte file.
+    assert sum(fetched) < 70_000

@@ -17,13 +17,17 @@ and of THEIRS relative to BASE, decided path by path:
 and a BLAKE3 of the content; modification times alone are not a change, so two sides that wrote the
 same bytes at different times agree.
 
-How it is built: one pass over each input hashes member contents; then the
-merged tar is the members of OURS that survive, followed by those of THEIRS,
-streamed straight from the store through :class:`~docksnap.service.tarfilter.TarFilter`
-into the store's normal ``save``. Member bytes are the inputs' own bytes, so a
-content-addressed store finds their chunks already present (exactly so when it
-chunks per file; at run boundaries otherwise). The result is verified before it
-is returned; a result that fails verification is deleted.
+How it is built: the merged tar is the members of OURS that survive, followed by
+those of THEIRS, each with its own header bytes. When all three inputs are
+per-file snapshots of a chunked store (docs/FORMAT.md §11.11), no member's data
+is read at all: contents are compared by their chunk lists (the same bytes give
+the same chunks), headers are read from the chunks between members' data, and
+the merged snapshot is written with ``save_members``, reusing each member's data
+chunks, so it stores no new data chunk (at most a chunk or two of headers).
+Otherwise one pass over each input hashes member contents, and the merged tar is
+streamed from the store through :class:`~docksnap.service.tarfilter.TarFilter`
+into the store's ``save``. The result is verified before it is returned; a result
+that fails verification is deleted.
 
 Limits: a hard link whose target is taken from the other side cannot be
 written and is left out (listed in ``skipped``); text merges read the three
@@ -34,11 +38,12 @@ from __future__ import annotations
 
 import io
 import tarfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import merge3
+import msgspec
 
 from docksnap.errors import InvalidArgumentError, MergeConflictError, SnapshotCorruptError
 from docksnap.model import DirectorySnapshot, new_snapshot_id
@@ -47,11 +52,15 @@ from docksnap.service.tarfilter import (
     END_OF_ARCHIVE,
     KEEP,
     Decision,
+    Drop,
     Rename,
     TarFilter,
     member_bytes,
+    member_header,
 )
 from docksnap.store.base import SnapshotInfo, SnapshotSource, SnapshotStore
+from docksnap.store.chunked import ChunkedStore, Member, MemberChunkRecord, ReusedContent
+from docksnap.store.chunked.format import chunk_list_digest
 from docksnap.tarstream import TarEntry, normalize_name
 
 OnConflict = Literal["fail", "ours", "theirs", "both"]
@@ -144,8 +153,15 @@ async def merge_snapshots(
             "merge needs three snapshots of one directory, got "
             + ", ".join(f"{s.info.id} of {s.info.dir}" for s in sides)
         )
+    per_file = isinstance(store, ChunkedStore) and all(
+        [await store.is_per_file(side.info.id) for side in sides]
+    )
     for side in sides:
-        await _scan(store, side)
+        if per_file:
+            assert isinstance(store, ChunkedStore)
+            _scan_records(side, await store.member_chunks(side.info.id))
+        else:
+            await _scan(store, side)
     b, o, t = sides
     plan = _plan(b, o, t, on_conflict)
     if text_merge:
@@ -154,6 +170,9 @@ async def merge_snapshots(
     if unresolved:
         raise MergeConflictError(unresolved)
     _keep_ancestors(o, t, plan)
+    if per_file:
+        assert isinstance(store, ChunkedStore)
+        return await _write_members(store, b, o, t, plan, name=name, ttl=ttl)
     return await _write(store, b, o, t, plan, name=name, ttl=ttl)
 
 
@@ -178,6 +197,27 @@ async def _scan(store: SnapshotStore, side: _Side) -> None:
             entry.link,
             entry.size,
             scanner.digests.get(entry.path, ""),
+            entry.xattrs,
+        )
+
+
+def _scan_records(side: _Side, records: list[MemberChunkRecord]) -> None:
+    """As :func:`_scan` from a per-file snapshot's member map: a file's content is
+    identified by its chunk list, which equal bytes always give."""
+    for record in records:
+        entry = record.entry
+        if entry.path in side.entries:
+            continue
+        side.entries[entry.path] = entry
+        content = chunk_list_digest(record.content) if entry.type == "file" else ""
+        side.sigs[entry.path] = (
+            entry.type,
+            entry.mode,
+            entry.uid,
+            entry.gid,
+            entry.link,
+            entry.size,
+            content,
             entry.xattrs,
         )
 
@@ -321,6 +361,99 @@ async def _contents(store: SnapshotStore, snapshot_id: str, paths: set[str]) -> 
 # -- writing -------------------------------------------------------------------------------
 
 
+def _picker(emitted: set[str], chosen: set[str], renamed: dict[str, str]) -> Any:
+    """The fate of each member of one side; ``emitted`` is shared by both sides."""
+
+    def decide(entry: TarEntry) -> Decision:
+        if entry.path in renamed and renamed[entry.path] not in emitted:
+            emitted.add(renamed[entry.path])
+            return Rename(renamed[entry.path])
+        if entry.path in emitted:
+            return DROP  # the repeated root entry, or a path the other side gave
+        if entry.path in chosen:
+            emitted.add(entry.path)
+            return KEEP
+        return DROP
+
+    return decide
+
+
+def _generated(o: _Side, path: str, data: bytes) -> TarEntry:
+    """The entry of a text-merged file: ours' metadata, the merged size."""
+    entry = o.entries[path]
+    return TarEntry(path, "file", entry.mode, entry.uid, entry.gid, entry.mtime, len(data), "", -1)
+
+
+async def _verified(store: SnapshotStore, info: SnapshotInfo) -> None:
+    """Verify the merged snapshot; delete it and raise if it fails."""
+    report = await store.verify(info.id)
+    if not report.ok:
+        await store.delete(info.id)
+        detail = "; ".join(p.detail for p in report.problems)
+        raise SnapshotCorruptError(info.id, f"merged snapshot failed verification: {detail}")
+
+
+async def _write_members(
+    store: ChunkedStore,
+    b: _Side,
+    o: _Side,
+    t: _Side,
+    plan: _Plan,
+    *,
+    name: str | None,
+    ttl: float | None,
+) -> MergeResult:
+    """As :func:`_write`, for per-file inputs: member by member, with every kept
+    member's data given as the input's chunks (never read)."""
+    emitted: set[str] = set()
+    kept = {"ours": 0, "theirs": 0}
+    skipped: list[str] = []
+
+    async def side_members(
+        side: _Side, label: str, decide: Callable[[TarEntry], Decision]
+    ) -> AsyncIterator[Member]:
+        dropped: set[str] = set()
+        async for record, header in store.member_headers(side.info.id):
+            entry = record.entry
+            decision = decide(entry)
+            if entry.type == "hardlink" and entry.link in dropped:
+                dropped.add(entry.path)
+                skipped.append(entry.path)  # its target was left out: not extractable
+                continue
+            if isinstance(decision, Drop):
+                dropped.add(entry.path)
+                continue
+            if isinstance(decision, Rename):
+                header = member_header(
+                    msgspec.structs.replace(entry, path=decision.path, offset=-1)
+                )
+            kept[label] += 1
+            content = ReusedContent(record.content, entry.size) if record.content else ()
+            yield Member(header, content)
+
+    async def members() -> AsyncIterator[Member]:
+        async for member in side_members(o, "ours", _picker(emitted, plan.from_ours, {})):
+            yield member
+        theirs = _picker(emitted, plan.from_theirs, plan.renamed)
+        async for member in side_members(t, "theirs", theirs):
+            yield member
+        for path, data in sorted(plan.generated.items()):
+            yield Member(member_header(_generated(o, path, data)), data)
+
+    record = DirectorySnapshot(id=new_snapshot_id(), size=0, dir=b.info.dir, name=name)
+    image = o.info.source.image if o.info.source else ""
+    source = SnapshotSource("merge", image)
+    info = await store.save_members(record, members(), source=source, ttl=ttl)
+    await _verified(store, info)
+    return MergeResult(
+        snapshot=info.snapshot,
+        conflicts=tuple(plan.conflicts),
+        from_ours=kept["ours"],
+        from_theirs=kept["theirs"],
+        skipped=tuple(skipped),
+    )
+
+
 async def _write(
     store: SnapshotStore,
     b: _Side,
@@ -332,23 +465,8 @@ async def _write(
     ttl: float | None,
 ) -> MergeResult:
     emitted: set[str] = set()
-
-    def pick(chosen: set[str], renamed: dict[str, str]) -> Any:
-        def decide(entry: TarEntry) -> Decision:
-            if entry.path in renamed and renamed[entry.path] not in emitted:
-                emitted.add(renamed[entry.path])
-                return Rename(renamed[entry.path])
-            if entry.path in emitted:
-                return DROP  # the repeated root entry, or a path the other side gave
-            if entry.path in chosen:
-                emitted.add(entry.path)
-                return KEEP
-            return DROP
-
-        return decide
-
-    ours_filter = TarFilter(pick(plan.from_ours, {}))
-    theirs_filter = TarFilter(pick(plan.from_theirs, plan.renamed))
+    ours_filter = TarFilter(_picker(emitted, plan.from_ours, {}))
+    theirs_filter = TarFilter(_picker(emitted, plan.from_theirs, plan.renamed))
 
     async def merged() -> AsyncIterator[bytes]:
         async with store.open(o.info.id) as reader:
@@ -358,23 +476,13 @@ async def _write(
             async for piece in theirs_filter.run(aiter(reader), end=False):
                 yield piece
         for path, data in sorted(plan.generated.items()):
-            entry = o.entries[path]
-            yield member_bytes(
-                TarEntry(
-                    path, "file", entry.mode, entry.uid, entry.gid, entry.mtime, len(data), "", -1
-                ),
-                data,
-            )
+            yield member_bytes(_generated(o, path, data), data)
         yield END_OF_ARCHIVE
 
     record = DirectorySnapshot(id=new_snapshot_id(), size=0, dir=b.info.dir, name=name)
     image = o.info.source.image if o.info.source else ""
     info = await store.save(record, merged(), source=SnapshotSource("merge", image), ttl=ttl)
-    report = await store.verify(info.id)
-    if not report.ok:
-        await store.delete(info.id)
-        detail = "; ".join(p.detail for p in report.problems)
-        raise SnapshotCorruptError(info.id, f"merged snapshot failed verification: {detail}")
+    await _verified(store, info)
     skipped = [
         entry.path
         for filt in (ours_filter, theirs_filter)

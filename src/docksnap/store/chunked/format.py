@@ -197,11 +197,13 @@ class MemberChunks(msgspec.Struct, frozen=True, array_like=True):
     chunks ``[header, content)`` hold its header blocks (extension headers
     included; they may hold the headers of neighbouring members without data
     too), and ``[content, end)`` exactly its data with the padding to 512 bytes
-    (empty for members without data)."""
+    (empty for members without data). ``header_size``: the bytes of its header
+    blocks, which begin at the member's ``offset``."""
 
     header: int
     content: int
     end: int
+    header_size: int
 
 
 class TarIndex(msgspec.Struct, frozen=True, kw_only=True):

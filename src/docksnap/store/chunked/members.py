@@ -52,15 +52,18 @@ class Member:
 class MemberChunkRecord:
     """One member of a stored per-file snapshot and the chunks that hold it.
 
-    ``header`` holds the member's header blocks from byte ``header_offset`` of its
-    first chunk on (the chunks of the bytes between two members' data are cut
-    together, so they may hold other members' headers); ``content`` is exactly
-    the member's data and its padding: the same chunks in every per-file
-    snapshot that holds the same data."""
+    ``header`` holds the member's ``header_size`` bytes of header blocks from byte
+    ``header_offset`` of its first chunk on (the chunks of the bytes between two
+    members' data are cut together, so they may hold other members' headers);
+    ``first_chunk`` is where ``header`` begins in the manifest's chunk list.
+    ``content`` is exactly the member's data and its padding: the same chunks in
+    every per-file snapshot that holds the same data."""
 
     entry: TarEntry
     header: tuple[ChunkRef, ...]
     header_offset: int
+    header_size: int
+    first_chunk: int
     content: tuple[ChunkRef, ...]
 
     def reused(self) -> ReusedContent:

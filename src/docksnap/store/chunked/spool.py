@@ -164,6 +164,6 @@ def _member_chunks(
             last = chunk_of(end - 1)
             if at + chunks[last].length != end:
                 raise ValueError(f"data ending at stream offset {end} does not end a chunk")
-            yield MemberChunks(header, content, last + 1)
+            yield MemberChunks(header, content, last + 1, data - start)
         else:
-            yield MemberChunks(header, content, content)
+            yield MemberChunks(header, content, content, data - start)

@@ -240,6 +240,12 @@ class ChunkedStore:
         """
         return await self._control_call(self._member_chunks, snapshot_id)
 
+    async def is_per_file(self, snapshot_id: str) -> bool:
+        """Whether the snapshot was cut per file (manifest version 3), so that
+        :meth:`member_chunks` answers for it. Read-only; SnapshotNotFoundError."""
+        probe = await self._control_call(self._records.manifest, snapshot_id, VersionProbe)
+        return probe.version == PER_FILE_MANIFEST
+
     def _member_chunks(self, snapshot_id: str) -> builtins.list[MemberChunkRecord]:
         manifest = self._records.manifest(snapshot_id, Manifest)
         if manifest.version != PER_FILE_MANIFEST or manifest.index is None:
@@ -262,10 +268,48 @@ class ChunkedStore:
                     entry,
                     chunks[where.header : where.content],
                     entry.offset - at,
+                    where.header_size,
+                    where.header,
                     chunks[where.content : where.end],
                 )
             )
         return records
+
+    async def member_headers(
+        self, snapshot_id: str
+    ) -> AsyncIterator[tuple[MemberChunkRecord, bytes]]:
+        """Each member of a per-file snapshot (as :meth:`member_chunks`) with its raw
+        header bytes, read from the chunks between members' data only: no byte
+        of any member's data is read. Every chunk read is verified. Errors as
+        :meth:`member_chunks`, and SnapshotCorruptError for a damaged chunk."""
+        records = await self.member_chunks(snapshot_id)
+        manifest = await self._control_call(self._records.manifest, snapshot_id, Manifest)
+        wanted = sorted(
+            {i for r in records for i in range(r.first_chunk, r.first_chunk + len(r.header))}
+        )
+        headers = msgspec.structs.replace(
+            manifest,
+            chunks=tuple(manifest.chunks[i] for i in wanted),
+            size=sum(manifest.chunks[i].length for i in wanted),
+        )
+        reader = ChunkedTarReader(
+            headers, self._fetcher(manifest), self._get_pools().io, read_ahead=self._read_ahead
+        )
+        try:
+            chunks = _split_chunks(aiter(reader), [(i, manifest.chunks[i].length) for i in wanted])
+            held: dict[int, bytes] = {}
+            for record in records:
+                span = range(record.first_chunk, record.first_chunk + len(record.header))
+                for index in [i for i in held if i < record.first_chunk]:
+                    del held[index]
+                while any(i not in held for i in span):
+                    index, data = await anext(chunks)
+                    held[index] = data
+                joined = b"".join(held[i] for i in span)
+                start = record.header_offset
+                yield record, joined[start : start + record.header_size]
+        finally:
+            reader.close()
 
     async def _save_v2(
         self,
@@ -723,6 +767,25 @@ def _stored_sizes(objects: ObjectStore, index: LayeredIndex) -> dict[str, int]:
             if digest is not None:
                 sizes[digest] = info.size
     return sizes
+
+
+async def _split_chunks(
+    pieces: AsyncIterator[bytes], chunks: builtins.list[tuple[int, int]]
+) -> AsyncIterator[tuple[int, bytes]]:
+    """Cut the concatenated bytes of ``chunks`` ((index, length) in order) back
+    into (index, bytes) per chunk."""
+    pending = bytearray()
+    used = 0  # bytes of `pending` already handed out
+    position = 0
+    async for piece in pieces:
+        del pending[:used]  # once per piece: no quadratic shifting per small chunk
+        used = 0
+        pending += piece
+        while position < len(chunks) and len(pending) - used >= chunks[position][1]:
+            index, length = chunks[position]
+            yield index, bytes(pending[used : used + length])
+            used += length
+            position += 1
 
 
 async def _pump(
