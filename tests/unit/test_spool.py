@@ -48,16 +48,21 @@ async def test_a_slow_consumer_gets_every_byte_in_order_after_the_source_ended(
     seen = bytearray()
     files: list[list[os.stat_result]] = []
 
+    source_ended = asyncio.Event()
+
     async def on_end() -> None:
         ended_after.append(len(seen))
         files.append(_spool_fds(tmp_path))
+        source_ended.set()
 
     async with read_ahead(
         _source(pieces), on_end=on_end, directory=tmp_path, memory=256 * 1024
     ) as stream:
         async for piece in stream:
             seen += piece
-            await asyncio.sleep(0.002)  # the store is slower than the engine
+            # The store stalls after its first piece until the engine is done:
+            # the whole rest must have gone past the memory bound into the spool.
+            await asyncio.wait_for(source_ended.wait(), timeout=60)
     assert bytes(seen) == b"".join(pieces)
     assert ended_after[0] < len(seen) // 2, "the source was read ahead of the consumer"
     assert files[0], "the overflow went to a spool file"
