@@ -76,6 +76,9 @@ class DirectorySnapshot:
     stream, ``dir`` the absolute path it was taken from, ``name`` the caller's
     label (``None`` when not given or empty). ``digest`` and ``created_at`` are
     optional extras: a record carrying only the four seed fields still restores.
+    ``digest`` names the content as the store committed it: the BLAKE3 of the tar
+    stream, or for per-file snapshots of the chunked store the BLAKE3 of their
+    chunk list (docs/FORMAT.md §11.11); copies of one snapshot share it.
 
     ``info`` is set on the handles that ``snapshot_directory`` and ``import_tar``
     return: the full catalogue entry the store committed (source, TTL, times), so

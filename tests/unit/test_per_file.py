@@ -33,14 +33,21 @@ from docksnap.store.chunked.reader import PackFetcher
 from docksnap.store.objects.local import LocalObjectStore
 from docksnap.tarstream import MemberIndexer, TarFormatError
 from tests.conformance.streams import build_tar, pieces, random_files, text_files
+from tests.s3support import chunked_s3
 from tests.tarcraft import gnu_long, header, pax, with_data
 
 SMALL = ChunkerParams(avg_size=256, min_size=64, max_size=1024)
 SOURCE = SnapshotSource("c", "i")
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[ChunkedStore]:
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ChunkedStore]:
+    """The chunked store on local disk and on the S3 server."""
+    if request.param == "s3":
+        async with chunked_s3(request, tmp_path) as on_s3:
+            assert isinstance(on_s3, ChunkedStore)
+            yield on_s3
+        return
     store = ChunkedStore(LocalObjectStore(tmp_path / "store"))
     yield store
     await store.close()
