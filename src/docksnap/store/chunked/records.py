@@ -272,10 +272,29 @@ class Records:
         return self.put_index(snapshot_id, stored, spool.count)
 
     def put_index(self, snapshot_id: str, stored: bytes, entries: int) -> IndexRef:
-        """Write an encoded index object (a save's, or a copy's verified bytes)."""
+        """Write an encoded index object (a save's, or a copy's verified bytes).
+
+        ``put_if_absent``, never ``put``: two writers of one id (two hosts, or a
+        copy beside a save) must not replace the index the winner's manifest pins
+        by digest. An index with the same bytes (a failed earlier attempt of the
+        same save or copy) is taken as ours. Different bytes raise StoreError
+        ("already exists"): another writer of this id committed or is committing,
+        or failed after writing its index, which gc removes after its grace.
+        """
         key = index_key(snapshot_id)
-        # put, not put_if_absent: a failed earlier save of the same id may have left one.
-        self._objects.put(key, stored)
+        for _ in range(2):  # once more if the one found vanished (gc) before we read it
+            if self._objects.put_if_absent(key, stored):
+                break
+            try:
+                if self._objects.get(key) == stored:
+                    break
+            except ObjectNotFoundError:
+                continue
+            raise StoreError(
+                self.url,
+                f"snapshot {snapshot_id} already exists or is being saved by another "
+                f"writer (its tar index {key} differs from this save's)",
+            )
         return IndexRef(
             key=key, digest=f"blake3:{hash_hex(stored)}", entries=entries, stored_size=len(stored)
         )
