@@ -126,6 +126,8 @@ def test_snapshot_restore_files_download_diff(server: Server) -> None:
     assert record.pop("paused_s") >= 0
     assert info["snapshot"] == record
     assert info["source"]["container"] == box
+    # What the save added: at least the incompressible 3 MB file, compressed or not.
+    assert info["stored_size"] > 3_000_000
 
     # Restore into a new container at another mount point, change it, snapshot it again.
     other = server.start_box(

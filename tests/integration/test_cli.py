@@ -156,6 +156,7 @@ def assert_matches_library(doc: dict[str, Any], info: SnapshotInfo) -> None:
     assert doc["created_at"] == info.created_at
     assert doc["last_used_at"] == info.last_used_at
     assert doc["ttl"] == info.ttl
+    assert doc["stored_size"] == info.stored_size
     source = info.source
     assert doc["source"] == (source and {"container": source.container, "image": source.image})
 
@@ -202,7 +203,14 @@ def test_run_snapshot_restore_diff_export_import_rm_gc(cli: Cli, tmp_path: Path)
     assert_matches_library(first, infos[snap_id])
 
     shown = cli.json("show", snap_id)
+    assert_matches_library(shown, infos[snap_id])
     assert shown["file_count"] == 5
+    stored_line = next(
+        line for line in cli("show", snap_id).stdout.decode().splitlines() if "stored size" in line
+    )
+    recorded = infos[snap_id].stored_size
+    assert ("not recorded" in stored_line) == (recorded is None), stored_line
+    assert recorded is None or f"({recorded} bytes" in stored_line
     assert {f["path"] for f in shown["files"]} == {".", "a.txt", "sub", "sub/b.txt", "link"}
     listing = cli("files", snap_id).stdout.decode()
     assert "lrwxrwxrwx 0/0" in listing
