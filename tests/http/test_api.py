@@ -352,6 +352,48 @@ def test_long_operations_stream_progress_as_server_sent_events(server: Server) -
     assert (name, problem["type"]) == ("problem", type_uri(ExitCode.DIRECTORY_NOT_FOUND))
 
 
+def test_an_import_streams_progress_as_server_sent_events(server: Server) -> None:
+    """The import is evented too: its events stream while the handler still reads the body."""
+    archive = tar_of([(member("big.bin"), os.urandom(12_000_000)), (member("a"), b"a")])
+    response = server.api.post(
+        "/v1/snapshots/import",
+        params={"dir": "/imported"},
+        content=archive,  # a Content-Length: the events' total
+        headers={"accept": "text/event-stream", "content-type": "application/x-tar"},
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/event-stream")
+    events = read_events(response)
+    names = [name for name, _ in events]
+    assert names[-1] == "result", names
+    assert set(names[:-1]) == {"progress"}, names
+    info = events[-1][1]
+    assert info["snapshot"]["dir"] == "/imported"
+    assert info["snapshot"]["id"] in server.snapshot_ids()
+    last = events[-2][1]
+    assert (last["operation"], last["stage"], last["snapshot_id"]) == (
+        "import",
+        "import",
+        info["snapshot"]["id"],
+    )
+    assert last["done"] == last["total"] == len(archive)
+
+    # Refused mid-stream (the body in pieces, no length): a problem event, nothing stored.
+    before = server.snapshot_ids()
+    hostile = tar_of([(member("fine.bin"), os.urandom(3_000_000)), (member("../escape"), b"x")])
+    refused = server.api.post(
+        "/v1/snapshots/import",
+        params={"dir": "/d"},
+        content=iter([hostile[i : i + 65536] for i in range(0, len(hostile), 65536)]),
+        headers={"accept": "text/event-stream"},
+    )
+    assert refused.status_code == 200
+    name, problem = read_events(refused)[-1]
+    assert (name, problem["type"]) == ("problem", type_uri(ExitCode.ARCHIVE_REFUSED))
+    assert "'../escape'" in problem["detail"]
+    assert server.snapshot_ids() == before
+
+
 def test_errors_carry_the_cli_exit_code_and_its_type(server: Server) -> None:
     api = server.api
     unknown = "3f2a9c1e-0b7d-4c55-9a57-1f0e4d2b8a61"
