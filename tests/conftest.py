@@ -118,6 +118,25 @@ def unique_name(prefix: str = "ds-test") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
+def docker(*args: str) -> str:
+    """``docker ARGS`` (the CLI, as a user would type it); its stdout, stripped."""
+    return subprocess.run(
+        ["docker", *args], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+@pytest.fixture
+def network() -> Iterator[str]:
+    """A user-defined bridge network with this session's label, removed afterwards."""
+    name = unique_name("ds-net")
+    session = f"{SESSION_LABEL}={SESSION_ID}"
+    docker("network", "create", "--label", session, "--label", "io.docksnap.managed=true", name)
+    yield name
+    # Requested before the containers' fixtures, so it is torn down after them: a
+    # network still in use cannot be removed (and the session leak check says so).
+    subprocess.run(["docker", "network", "rm", name], capture_output=True, check=False)
+
+
 @pytest.fixture(params=["chunked", "volume"])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """Each store docksnap ships, on this engine: the default and the seed's."""

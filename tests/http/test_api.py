@@ -19,6 +19,7 @@ from docksnap.cli.exits import ExitCode
 from docksnap.http.problems import type_uri
 from tests.conftest import TEST_IMAGE, unique_name
 from tests.http.conftest import EXE, TOKEN, Server, free_port, start_server
+from tests.tarcraft import member, tar_of
 
 pytestmark = pytest.mark.docker
 
@@ -39,24 +40,6 @@ def assert_problem(response: httpx.Response, status: int, code: ExitCode | None)
         assert problem["type"] == type_uri(code)
         assert problem["exit_code"] == int(code)
     return problem
-
-
-def tar_of(members: list[tuple[tarfile.TarInfo, bytes]]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for member, data in members:
-            member.size = len(data) if member.isfile() else 0
-            tar.addfile(member, io.BytesIO(data) if member.isfile() else None)
-    return buffer.getvalue()
-
-
-def member(name: str, kind: bytes = tarfile.REGTYPE, **attrs: Any) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.type = kind
-    info.mode = 0o755 if kind == tarfile.DIRTYPE else 0o644
-    for key, value in attrs.items():
-        setattr(info, key, value)
-    return info
 
 
 def members(archive: bytes) -> list[tuple[str, int, bytes]]:

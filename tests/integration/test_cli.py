@@ -7,7 +7,6 @@ Every resource the commands create carries this session's label (through
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import os
 import pty
@@ -29,6 +28,7 @@ import pytest
 import docksnap
 from docksnap.store.base import SnapshotInfo
 from tests.conftest import SESSION_ID, SESSION_LABEL, SESSION_LABELS, TEST_IMAGE, unique_name
+from tests.tarcraft import member, tar_of
 
 pytestmark = pytest.mark.docker
 
@@ -159,24 +159,6 @@ def assert_matches_library(doc: dict[str, Any], info: SnapshotInfo) -> None:
     assert doc["stored_size"] == info.stored_size
     source = info.source
     assert doc["source"] == (source and {"container": source.container, "image": source.image})
-
-
-def tar_of(members: list[tuple[tarfile.TarInfo, bytes]]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for member, data in members:
-            member.size = len(data) if member.isfile() else 0
-            tar.addfile(member, io.BytesIO(data) if member.isfile() else None)
-    return buffer.getvalue()
-
-
-def member(name: str, kind: bytes = tarfile.REGTYPE, **attrs: Any) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.type = kind
-    info.mode = 0o755 if kind == tarfile.DIRTYPE else 0o644
-    for key, value in attrs.items():
-        setattr(info, key, value)
-    return info
 
 
 # -- the main flow ---------------------------------------------------------------------
