@@ -67,30 +67,11 @@ def no_leaks() -> Iterator[None]:
     yield
     if _engine_answers() is not None:
         return
-    leftovers = subprocess.run(
-        ["docker", "ps", "-aq", "--filter", f"label={SESSION_LABEL}={SESSION_ID}"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    volumes = subprocess.run(
-        ["docker", "volume", "ls", "-q", "--filter", f"label={SESSION_LABEL}={SESSION_ID}"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    images = subprocess.run(
-        ["docker", "images", "-q", "--filter", f"label={SESSION_LABEL}={SESSION_ID}"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    networks = subprocess.run(
-        ["docker", "network", "ls", "-q", "--filter", f"label={SESSION_LABEL}={SESSION_ID}"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
+    label = f"label={SESSION_LABEL}={SESSION_ID}"
+    leftovers = docker("ps", "-aq", "--filter", label).split()
+    volumes = docker("volume", "ls", "-q", "--filter", label).split()
+    images = docker("images", "-q", "--filter", label).split()
+    networks = docker("network", "ls", "-q", "--filter", label).split()
     assert not leftovers, f"containers leaked by the tests: {leftovers}"
     assert not images, f"images leaked by the tests: {images}"
     assert not volumes, f"volumes leaked by the tests: {volumes}"

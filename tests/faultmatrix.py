@@ -11,13 +11,19 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import subprocess
 import tarfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import docksnap
-from tests.conftest import SESSION_ID, SESSION_LABEL, SESSION_LABELS, TEST_IMAGE, unique_name
+from tests.conftest import (
+    SESSION_ID,
+    SESSION_LABEL,
+    SESSION_LABELS,
+    TEST_IMAGE,
+    docker,
+    unique_name,
+)
 
 ROWS: dict[tuple[str, str, str], str] = {}
 
@@ -55,15 +61,8 @@ async def source_container(script: str) -> AsyncIterator[str]:
 def engine_resources() -> set[str]:
     """This session's containers and volumes on the engine, to find what a fault leaked."""
     label = f"label={SESSION_LABEL}={SESSION_ID}"
-    containers = subprocess.run(
-        ["docker", "ps", "-aq", "--filter", label], capture_output=True, text=True, check=True
-    ).stdout.split()
-    volumes = subprocess.run(
-        ["docker", "volume", "ls", "-q", "--filter", label],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
+    containers = docker("ps", "-aq", "--filter", label).split()
+    volumes = docker("volume", "ls", "-q", "--filter", label).split()
     return {f"container {c}" for c in containers} | {f"volume {v}" for v in volumes}
 
 
