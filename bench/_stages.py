@@ -117,6 +117,7 @@ def install(timer: StageTimer) -> None:
     from docksnap.docker.client import ArchiveStream, DockerClient
     from docksnap.store.chunked import reader, store, writer
     from docksnap.store.chunked.cutter import StreamCutter
+    from docksnap.store.chunked.packs import PackBuilder
     from docksnap.store.objects.local import LocalObjectStore
     from docksnap.tarstream import TarIndexer
 
@@ -137,11 +138,17 @@ def install(timer: StageTimer) -> None:
     sync(writer, "encode_chunk", "cpu: zstd compress")
     sync(writer.StreamWriter, "_store_if_absent", "cpu: wait for a put slot (io full)")
     sync(writer.StreamWriter, "_put", "io: put bookkeeping")
+    # store format 2: chunks go into packs (one put per pack)
+    sync(writer.StreamWriter, "_pack_if_absent", "cpu: index lookup + add to pack")
+    sync(PackBuilder, "_seal_locked", "cpu: pack seal (join, table)")
+    sync(writer.StreamWriter, "_submit_pack", "cpu: wait for a pack slot (io full)")
+    sync(writer.StreamWriter, "_put_pack", "io: pack put bookkeeping")
     if hasattr(writer, "queue"):
         inbox = _timed_queue_module(timer, "cutter: wait for input (stream starved)")
         writer.queue = inbox
     # restore: io pool
     sync(reader.ChunkFetcher, "fetch_group", "io: join chunks into a piece")
+    sync(reader.PackFetcher, "_fetch_many", "io: ranged pack reads + join")
     sync(reader, "decode_chunk", "io: zstd decompress")
     sync(reader, "hash_hex", "io: BLAKE3 verify")
     # the local object store (either direction)
@@ -151,10 +158,11 @@ def install(timer: StageTimer) -> None:
     sync(LocalObjectStore, "put_if_absent", "store: link + unlink")
     sync(LocalObjectStore, "put", "store: put (rest)")
     sync(LocalObjectStore, "get", "store: read object")
+    sync(LocalObjectStore, "get_range", "store: ranged read (pack)")
     sync(LocalObjectStore, "list", "store: list")
     sync(store.ChunkedStore, "_commit", "store: commit (manifest)")
-    sync(store.ChunkedStore, "_write_index", "store: encode + write tar index")
-    sync(store.ChunkedStore, "_load_manifest", "store: load manifest")
+    sync(store.ChunkedStore, "_commit_v2", "store: commit v2 (pack indexes, manifest)")
+    sync(store.ChunkedStore, "_write_manifest", "store: encode + write manifest")
     # event loop
     coro(writer.StreamWriter, "send", "loop: writer.send (waits = pipeline backpressure)")
     coro(writer.StreamWriter, "finish", "loop: writer.finish (drain after stream end)")
@@ -195,7 +203,7 @@ def _wrap_archives(timer: StageTimer, client: Any, stream: Any) -> None:
         try:
             async with get_archive(self, container, path) as archive:
                 chunks = timer.waits(archive.chunks, "loop: GET wait for engine bytes")
-                yield stream(stat=archive.stat, chunks=chunks)
+                yield stream(chunks=chunks)
         finally:
             timer.add("docker: get_archive (whole stream)", "loop", time.perf_counter() - t0)
 

@@ -137,12 +137,12 @@ async def run_dataset(
     return {name: _report.summarize(s, data.bytes) for name, s in samples.items()}
 
 
-async def profile_dataset(bench: Bench, data: Prepared) -> dict[str, str]:
+async def profile_dataset(bench: Bench, data: Prepared, out_dir: Path = OUT) -> dict[str, str]:
     """One profiled snapshot and restore (chunked store); the files written."""
     name = data.spec.name
     store = bench.new_store(f"{name}-profile")
-    OUT.mkdir(exist_ok=True)
-    out = {op: OUT / f"profile-{name}-{op}.txt" for op in ("snapshot", "restore")}
+    await asyncio.to_thread(out_dir.mkdir, exist_ok=True)
+    out = {op: out_dir / f"profile-{name}-{op}.txt" for op in ("snapshot", "restore")}
     try:
         _, record = await bench.snapshot(store, data.spec.dir, profile=out["snapshot"])
         container = bench.engine.name("profile")
@@ -152,8 +152,14 @@ async def profile_dataset(bench: Bench, data: Prepared) -> dict[str, str]:
         await bench.destroy(container)
     finally:
         await _cases.remove_store(store)
-    log(f"  profiles: {', '.join(str(p.relative_to(HERE.parent)) for p in out.values())}")
-    return {op: str(path.relative_to(HERE.parent)) for op, path in out.items()}
+    shown = {op: _shown(path) for op, path in out.items()}
+    log(f"  profiles: {', '.join(shown.values())}")
+    return shown
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the repository when it is inside it (results.json is committed)."""
+    return str(path.relative_to(HERE.parent) if path.is_relative_to(HERE.parent) else path)
 
 
 async def machine(docker: DockerClient) -> dict[str, Any]:

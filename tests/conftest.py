@@ -67,30 +67,11 @@ def no_leaks() -> Iterator[None]:
     yield
     if _engine_answers() is not None:
         return
-    leftovers = subprocess.run(
-        ["docker", "ps", "-aq", "--filter", f"label={SESSION_LABEL}={SESSION_ID}"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    volumes = subprocess.run(
-        ["docker", "volume", "ls", "-q", "--filter", f"label={SESSION_LABEL}={SESSION_ID}"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    images = subprocess.run(
-        ["docker", "images", "-q", "--filter", f"label={SESSION_LABEL}={SESSION_ID}"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    networks = subprocess.run(
-        ["docker", "network", "ls", "-q", "--filter", f"label={SESSION_LABEL}={SESSION_ID}"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
+    label = f"label={SESSION_LABEL}={SESSION_ID}"
+    leftovers = docker("ps", "-aq", "--filter", label).split()
+    volumes = docker("volume", "ls", "-q", "--filter", label).split()
+    images = docker("images", "-q", "--filter", label).split()
+    networks = docker("network", "ls", "-q", "--filter", label).split()
     assert not leftovers, f"containers leaked by the tests: {leftovers}"
     assert not images, f"images leaked by the tests: {images}"
     assert not volumes, f"volumes leaked by the tests: {volumes}"
@@ -116,6 +97,25 @@ def s3_prefix(s3_server: S3Server) -> Iterator[str]:
 
 def unique_name(prefix: str = "ds-test") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def docker(*args: str) -> str:
+    """``docker ARGS`` (the CLI, as a user would type it); its stdout, stripped."""
+    return subprocess.run(
+        ["docker", *args], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+@pytest.fixture
+def network() -> Iterator[str]:
+    """A user-defined bridge network with this session's label, removed afterwards."""
+    name = unique_name("ds-net")
+    session = f"{SESSION_LABEL}={SESSION_ID}"
+    docker("network", "create", "--label", session, "--label", "io.docksnap.managed=true", name)
+    yield name
+    # Requested before the containers' fixtures, so it is torn down after them: a
+    # network still in use cannot be removed (and the session leak check says so).
+    subprocess.run(["docker", "network", "rm", name], capture_output=True, check=False)
 
 
 @pytest.fixture(params=["chunked", "volume"])

@@ -2,10 +2,16 @@
 
 Every field is given as the exact bytes to write (or an int, written as octal), so
 a test can build headers no tar writer would: any magic, prefix, trailer, typeflag,
-NULs and spaces in numbers, base-256 numbers, a wrong checksum.
+NULs and spaces in numbers, base-256 numbers, a wrong checksum. For archives any
+tar writer would make, of members chosen one by one (hostile names, links,
+devices), :func:`member` and :func:`tar_of` use :mod:`tarfile`.
 """
 
 from __future__ import annotations
+
+import io
+import tarfile
+from typing import Any
 
 BLOCK = 512
 END = bytes(2 * BLOCK)
@@ -108,3 +114,23 @@ def gnu_long(kind: bytes, value: bytes) -> bytes:
     """A GNU long name ('L') or long link ('K') header, NUL-terminated like GNU tar."""
     body = value + b"\x00"
     return with_data(header(b"././@LongLink", kind, size=len(body), magic=GNU), body)
+
+
+def member(name: str, kind: bytes = tarfile.REGTYPE, **attrs: Any) -> tarfile.TarInfo:
+    """A member header for :func:`tar_of`: ``kind`` is a tarfile type; ``attrs`` set as is."""
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.mode = 0o755 if kind == tarfile.DIRTYPE else 0o644
+    for key, value in attrs.items():
+        setattr(info, key, value)
+    return info
+
+
+def tar_of(members: list[tuple[tarfile.TarInfo, bytes]]) -> bytes:
+    """A PAX archive of ``members`` in order; each file's size is set from its data."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for info, data in members:
+            info.size = len(data) if info.isfile() else 0
+            tar.addfile(info, io.BytesIO(data) if info.isfile() else None)
+    return buffer.getvalue()

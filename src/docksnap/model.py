@@ -230,6 +230,12 @@ class SnapshotInfo:
 
     ``created_at`` and ``last_used_at`` are Unix seconds; ``ttl`` is seconds of
     disuse after which :meth:`docksnap.Catalogue.expire` deletes the snapshot.
+    ``stored_size`` is what saving it added to the store: the bytes of the objects
+    that save created (its new chunk data, compressed, and its tar index). Chunks
+    it shared with snapshots saved before it count for them, not for it; it is
+    not what deleting it frees, as later snapshots may share its chunks. Recorded
+    at save time (a copy keeps the original's figure); ``None`` for snapshots
+    saved before it was recorded and in stores that do not record it.
     """
 
     snapshot: DirectorySnapshot
@@ -237,6 +243,7 @@ class SnapshotInfo:
     last_used_at: float
     source: SnapshotSource | None = None
     ttl: float | None = None
+    stored_size: int | None = None
 
     @property
     def id(self) -> str:

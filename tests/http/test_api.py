@@ -19,6 +19,7 @@ from docksnap.cli.exits import ExitCode
 from docksnap.http.problems import type_uri
 from tests.conftest import TEST_IMAGE, unique_name
 from tests.http.conftest import EXE, TOKEN, Server, free_port, start_server
+from tests.tarcraft import member, tar_of
 
 pytestmark = pytest.mark.docker
 
@@ -39,24 +40,6 @@ def assert_problem(response: httpx.Response, status: int, code: ExitCode | None)
         assert problem["type"] == type_uri(code)
         assert problem["exit_code"] == int(code)
     return problem
-
-
-def tar_of(members: list[tuple[tarfile.TarInfo, bytes]]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for member, data in members:
-            member.size = len(data) if member.isfile() else 0
-            tar.addfile(member, io.BytesIO(data) if member.isfile() else None)
-    return buffer.getvalue()
-
-
-def member(name: str, kind: bytes = tarfile.REGTYPE, **attrs: Any) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.type = kind
-    info.mode = 0o755 if kind == tarfile.DIRTYPE else 0o644
-    for key, value in attrs.items():
-        setattr(info, key, value)
-    return info
 
 
 def members(archive: bytes) -> list[tuple[str, int, bytes]]:
@@ -126,6 +109,8 @@ def test_snapshot_restore_files_download_diff(server: Server) -> None:
     assert record.pop("paused_s") >= 0
     assert info["snapshot"] == record
     assert info["source"]["container"] == box
+    # What the save added: at least the incompressible 3 MB file, compressed or not.
+    assert info["stored_size"] > 3_000_000
 
     # Restore into a new container at another mount point, change it, snapshot it again.
     other = server.start_box(
@@ -348,6 +333,48 @@ def test_long_operations_stream_progress_as_server_sent_events(server: Server) -
     )
     name, problem = read_events(missing)[-1]
     assert (name, problem["type"]) == ("problem", type_uri(ExitCode.DIRECTORY_NOT_FOUND))
+
+
+def test_an_import_streams_progress_as_server_sent_events(server: Server) -> None:
+    """The import is evented too: its events stream while the handler still reads the body."""
+    archive = tar_of([(member("big.bin"), os.urandom(12_000_000)), (member("a"), b"a")])
+    response = server.api.post(
+        "/v1/snapshots/import",
+        params={"dir": "/imported"},
+        content=archive,  # a Content-Length: the events' total
+        headers={"accept": "text/event-stream", "content-type": "application/x-tar"},
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/event-stream")
+    events = read_events(response)
+    names = [name for name, _ in events]
+    assert names[-1] == "result", names
+    assert set(names[:-1]) == {"progress"}, names
+    info = events[-1][1]
+    assert info["snapshot"]["dir"] == "/imported"
+    assert info["snapshot"]["id"] in server.snapshot_ids()
+    last = events[-2][1]
+    assert (last["operation"], last["stage"], last["snapshot_id"]) == (
+        "import",
+        "import",
+        info["snapshot"]["id"],
+    )
+    assert last["done"] == last["total"] == len(archive)
+
+    # Refused mid-stream (the body in pieces, no length): a problem event, nothing stored.
+    before = server.snapshot_ids()
+    hostile = tar_of([(member("fine.bin"), os.urandom(3_000_000)), (member("../escape"), b"x")])
+    refused = server.api.post(
+        "/v1/snapshots/import",
+        params={"dir": "/d"},
+        content=iter([hostile[i : i + 65536] for i in range(0, len(hostile), 65536)]),
+        headers={"accept": "text/event-stream"},
+    )
+    assert refused.status_code == 200
+    name, problem = read_events(refused)[-1]
+    assert (name, problem["type"]) == ("problem", type_uri(ExitCode.ARCHIVE_REFUSED))
+    assert "'../escape'" in problem["detail"]
+    assert server.snapshot_ids() == before
 
 
 def test_errors_carry_the_cli_exit_code_and_its_type(server: Server) -> None:

@@ -23,6 +23,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
+from docksnap.cli import render
 from tests.conftest import unique_name
 from tests.http.conftest import TOKEN, Server
 
@@ -131,6 +132,18 @@ def test_dashboard_login_search_tree_download_diff_timeline_store(
         ec.presence_of_element_located((By.CSS_SELECTOR, f'tr[data-id="{first["id"]}"]')),
     )
     assert len(browser.find_elements(By.CSS_SELECTOR, "#snapshots tbody tr[data-id]")) == 2
+    # The stored-size column: what each save added. The second found every chunk
+    # stored already (nothing changed), so it added only its tar index.
+    stored = {}
+    for record in (first, second):
+        info = server.api.get(f"/v1/snapshots/{record['id']}").json()
+        cell = browser.find_element(By.CSS_SELECTOR, f'tr[data-id="{record["id"]}"] td.stored')
+        assert cell.text == render.size(info["stored_size"])
+        assert "added to the store" in (cell.get_attribute("title") or "")
+        stored[record["id"]] = info["stored_size"]
+    assert stored[first["id"]] > len(expected_blob) > 50 * stored[second["id"]] > 0
+    header = browser.find_element(By.XPATH, '//table[@id="snapshots"]//th[text()="Stored"]')
+    assert "added to the store" in (header.get_attribute("title") or "")
     browser.save_screenshot(str(shots / "02-list.png"))
     row.find_element(By.TAG_NAME, "a").click()
     tree = wait_for(browser, ec.presence_of_element_located((By.ID, "file-tree")))

@@ -7,7 +7,6 @@ Every resource the commands create carries this session's label (through
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import os
 import pty
@@ -29,6 +28,7 @@ import pytest
 import docksnap
 from docksnap.store.base import SnapshotInfo
 from tests.conftest import SESSION_ID, SESSION_LABEL, SESSION_LABELS, TEST_IMAGE, unique_name
+from tests.tarcraft import member, tar_of
 
 pytestmark = pytest.mark.docker
 
@@ -156,26 +156,9 @@ def assert_matches_library(doc: dict[str, Any], info: SnapshotInfo) -> None:
     assert doc["created_at"] == info.created_at
     assert doc["last_used_at"] == info.last_used_at
     assert doc["ttl"] == info.ttl
+    assert doc["stored_size"] == info.stored_size
     source = info.source
     assert doc["source"] == (source and {"container": source.container, "image": source.image})
-
-
-def tar_of(members: list[tuple[tarfile.TarInfo, bytes]]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for member, data in members:
-            member.size = len(data) if member.isfile() else 0
-            tar.addfile(member, io.BytesIO(data) if member.isfile() else None)
-    return buffer.getvalue()
-
-
-def member(name: str, kind: bytes = tarfile.REGTYPE, **attrs: Any) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.type = kind
-    info.mode = 0o755 if kind == tarfile.DIRTYPE else 0o644
-    for key, value in attrs.items():
-        setattr(info, key, value)
-    return info
 
 
 # -- the main flow ---------------------------------------------------------------------
@@ -202,7 +185,14 @@ def test_run_snapshot_restore_diff_export_import_rm_gc(cli: Cli, tmp_path: Path)
     assert_matches_library(first, infos[snap_id])
 
     shown = cli.json("show", snap_id)
+    assert_matches_library(shown, infos[snap_id])
     assert shown["file_count"] == 5
+    stored_line = next(
+        line for line in cli("show", snap_id).stdout.decode().splitlines() if "stored size" in line
+    )
+    recorded = infos[snap_id].stored_size
+    assert ("not recorded" in stored_line) == (recorded is None), stored_line
+    assert recorded is None or f"({recorded} bytes" in stored_line
     assert {f["path"] for f in shown["files"]} == {".", "a.txt", "sub", "sub/b.txt", "link"}
     listing = cli("files", snap_id).stdout.decode()
     assert "lrwxrwxrwx 0/0" in listing

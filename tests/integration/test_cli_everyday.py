@@ -16,7 +16,14 @@ import pytest
 import docksnap
 from docksnap import DirectorySnapshot
 from docksnap.store.base import SnapshotSource
-from tests.conftest import SESSION_ID, SESSION_LABEL, SESSION_LABELS, TEST_IMAGE, unique_name
+from tests.conftest import (
+    SESSION_ID,
+    SESSION_LABEL,
+    SESSION_LABELS,
+    TEST_IMAGE,
+    docker,
+    unique_name,
+)
 from tests.integration.test_cli import Cli, on_a_terminal
 
 pytestmark = pytest.mark.docker
@@ -29,22 +36,6 @@ def cli(docker_engine: None, tmp_path: Path) -> Iterator[Cli]:
     runner = Cli((tmp_path / "store").as_uri())
     yield runner
     runner.cleanup()
-
-
-@pytest.fixture
-def network() -> Iterator[str]:
-    name = unique_name("ds-net")
-    docker("network", "create", "--label", SESSION, "--label", "io.docksnap.managed=true", name)
-    yield name
-    # Requested before the containers' fixtures, so it is torn down after them: a
-    # network still in use cannot be removed (and the session leak check says so).
-    subprocess.run(["docker", "network", "rm", name], capture_output=True, check=False)
-
-
-def docker(*args: str) -> str:
-    return subprocess.run(
-        ["docker", *args], capture_output=True, text=True, check=True
-    ).stdout.strip()
 
 
 def stderr(proc: subprocess.CompletedProcess[bytes]) -> str:

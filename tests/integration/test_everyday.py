@@ -31,6 +31,7 @@ from tests.conftest import (
     SESSION_LABEL,
     SESSION_LABELS,
     TEST_IMAGE,
+    docker,
     read_file,
     sleeper,
     unique_name,
@@ -69,23 +70,6 @@ def foreign() -> Iterator[list[str]]:
     yield names
     for name in names:
         subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)
-
-
-@pytest.fixture
-def network() -> Iterator[str]:
-    """A user-defined bridge network with this session's label, removed afterwards."""
-    name = unique_name("ds-net")
-    docker("network", "create", "--label", SESSION, "--label", "io.docksnap.managed=true", name)
-    yield name
-    # Requested before the containers' fixtures, so it is torn down after them: a
-    # network still in use cannot be removed (and the session leak check says so).
-    subprocess.run(["docker", "network", "rm", name], capture_output=True, check=False)
-
-
-def docker(*args: str) -> str:
-    return subprocess.run(
-        ["docker", *args], capture_output=True, text=True, check=True
-    ).stdout.strip()
 
 
 async def running(client: docksnap.Client, boxes: Boxes, script: str, **kw: object) -> str:

@@ -12,11 +12,8 @@ The call lists are what each operation sends (recorded through the proxy);
 
 from __future__ import annotations
 
-import io
 import shutil
 import signal
-import subprocess
-import tarfile
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -27,15 +24,20 @@ import pytest
 import docksnap
 from docksnap import DirectorySnapshot, SnapshotRestore
 from tests.conftest import (
-    SESSION_ID,
-    SESSION_LABEL,
     SESSION_LABELS,
     TEST_IMAGE,
     session_volume_snapshots,
     unique_name,
 )
 from tests.faultengine import Fault, FaultEngine
-from tests.faultmatrix import outcome_of, record, write_table
+from tests.faultmatrix import (
+    engine_resources,
+    one_file_tar,
+    outcome_of,
+    record,
+    source_container,
+    write_table,
+)
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -173,14 +175,9 @@ def matrix_table() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 async def source(docker_engine: None) -> AsyncIterator[str]:
-    async with docksnap.Client(store="file:///nonexistent", labels=SESSION_LABELS) as client:
-        box = client.container(unique_name("ds-fault-src"))
-        script = "mkdir -p /d && head -c 300000 /dev/urandom > /d/f && echo hi > /d/g"
-        await box.start(TEST_IMAGE, entrypoint=["sh", "-c", f"{script}; exec sleep 1000"])
-        try:
-            yield box.name
-        finally:
-            await box.destroy()
+    script = "mkdir -p /d && head -c 300000 /dev/urandom > /d/f && echo hi > /d/g"
+    async with source_container(script) as name:
+        yield name
 
 
 @pytest.fixture
@@ -258,7 +255,7 @@ async def run_operation(world: World, operation: str) -> None:
             async for _ in reader:
                 pass
     elif operation == "import":
-        await client.snapshots.import_tar(_one(_small_tar()), dir="/i", image=TEST_IMAGE)
+        await client.snapshots.import_tar(one_file_tar(b"x" * 200_000), dir="/i", image=TEST_IMAGE)
     elif operation == "verify":
         report = await client.snapshots.verify()
         assert report.ok, report.problems
@@ -284,7 +281,7 @@ async def run_operation(world: World, operation: str) -> None:
 async def test_engine_fault(case: Case, world: World) -> None:
     client = world.client
     before_ids = await _visible(world, case)
-    before = _engine_resources()
+    before = engine_resources()
     world.engine.inject(case.fault)
     error: BaseException | None = None
     try:
@@ -320,7 +317,7 @@ async def test_engine_fault(case: Case, world: World) -> None:
 
 
 def _assert_no_leak(case: Case, before: set[str], saved: set[str]) -> None:
-    leaked = {r for r in _engine_resources() - before if not any(i in r for i in saved)}
+    leaked = {r for r in engine_resources() - before if not any(i in r for i in saved)}
     assert not leaked, f"{case.label} leaked {leaked}"
 
 
@@ -343,31 +340,3 @@ async def _visible(world: World, case: Case) -> set[str]:
 async def _paused(client: docksnap.Client, name: str) -> bool:
     state = await client.docker.inspect_container(name)
     return bool(state["State"]["Paused"])
-
-
-def _engine_resources() -> set[str]:
-    label = f"label={SESSION_LABEL}={SESSION_ID}"
-    containers = subprocess.run(
-        ["docker", "ps", "-aq", "--filter", label], capture_output=True, text=True, check=True
-    ).stdout.split()
-    volumes = subprocess.run(
-        ["docker", "volume", "ls", "-q", "--filter", label],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    return {f"container {c}" for c in containers} | {f"volume {v}" for v in volumes}
-
-
-def _small_tar() -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        data = b"x" * 200_000
-        info = tarfile.TarInfo("file")
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
-async def _one(data: bytes) -> AsyncIterator[bytes]:
-    yield data

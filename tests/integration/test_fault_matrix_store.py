@@ -11,10 +11,7 @@ and from :class:`tests.faultproxy.FaultProxy` resetting real connections.
 
 from __future__ import annotations
 
-import io
 import os
-import subprocess
-import tarfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +26,15 @@ from docksnap.store.chunked import ChunkedStore
 from docksnap.store.objects.local import LocalObjectStore
 from docksnap.store.objects.s3 import S3ObjectStore
 from docksnap.store.objects.s3.transport import ObstoreTransport
-from tests.conftest import SESSION_ID, SESSION_LABEL, SESSION_LABELS, TEST_IMAGE, unique_name
-from tests.faultmatrix import outcome_of, record, write_table
+from tests.conftest import SESSION_LABELS, TEST_IMAGE, unique_name
+from tests.faultmatrix import (
+    engine_resources,
+    one_file_tar,
+    outcome_of,
+    record,
+    source_container,
+    write_table,
+)
 from tests.faultproxy import FaultProxy
 from tests.faultstore import EVERYTHING, READS, WRITES, FaultyObjectStore, FaultyTransport
 from tests.s3support import S3Server
@@ -60,14 +64,9 @@ def matrix_table() -> Iterator[None]:
 @pytest.fixture(scope="module")
 async def source(docker_engine: None) -> AsyncIterator[str]:
     """A running container with /d to snapshot, shared by the module."""
-    async with docksnap.Client(store="file:///nonexistent", labels=SESSION_LABELS) as client:
-        box = client.container(unique_name("ds-fault-src"))
-        script = "mkdir -p /d/sub && head -c 400000 /dev/urandom > /d/f && echo hi > /d/sub/g"
-        await box.start(TEST_IMAGE, entrypoint=["sh", "-c", f"{script}; exec sleep 1000"])
-        try:
-            yield box.name
-        finally:
-            await box.destroy()
+    script = "mkdir -p /d/sub && head -c 400000 /dev/urandom > /d/f && echo hi > /d/sub/g"
+    async with source_container(script) as name:
+        yield name
 
 
 async def _world(client: docksnap.Client, source: str, arm: Any, disarm: Any) -> World:
@@ -96,7 +95,7 @@ async def run_operation(world: World, operation: str) -> None:
             total = sum([len(piece) async for piece in reader])
         assert total == world.base.size
     elif operation == "import":
-        await client.snapshots.import_tar(_one(_small_tar()), dir="/imported")
+        await client.snapshots.import_tar(one_file_tar(os.urandom(200_000)), dir="/imported")
     elif operation == "gc":
         await client.snapshots.gc(grace=0)
     elif operation == "verify":
@@ -117,7 +116,7 @@ async def check_fault(
     instead of raising (a local read error is damage to that disk's data).
     """
     before_ids = {i.id async for i in world.client.snapshots.list()}
-    before_engine = _engine_resources()
+    before_engine = engine_resources()
     world.arm()
     error: BaseException | None = None
     try:
@@ -129,7 +128,7 @@ async def check_fault(
     finally:
         world.disarm()
     after_ids = {i.id async for i in world.client.snapshots.list()}
-    leaked = _engine_resources() - before_engine
+    leaked = engine_resources() - before_engine
     assert not leaked, f"{fault} during {operation} leaked {leaked}"
     if ok:
         assert error is None, f"{fault} during {operation} should be absorbed: {error!r}"
@@ -273,34 +272,3 @@ async def test_s3_connection_reset(
             await check_fault(world, "S3", "connection reset", operation, ok=False)
         through_proxy.close()
         direct.close()
-
-
-# --- helpers -----------------------------------------------------------------------------
-
-
-def _engine_resources() -> set[str]:
-    label = f"label={SESSION_LABEL}={SESSION_ID}"
-    containers = subprocess.run(
-        ["docker", "ps", "-aq", "--filter", label], capture_output=True, text=True, check=True
-    ).stdout.split()
-    volumes = subprocess.run(
-        ["docker", "volume", "ls", "-q", "--filter", label],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    return {f"container {c}" for c in containers} | {f"volume {v}" for v in volumes}
-
-
-def _small_tar() -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        data = os.urandom(200_000)
-        info = tarfile.TarInfo("file")
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
-async def _one(data: bytes) -> AsyncIterator[bytes]:
-    yield data

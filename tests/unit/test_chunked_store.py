@@ -36,6 +36,7 @@ from docksnap.store.chunked.format import (
     Manifest,
     chunk_key,
     decode_record,
+    encode_record,
     open_record,
     trash_key,
 )
@@ -231,6 +232,48 @@ async def test_a_one_percent_change_stores_under_five_percent(
     added = chunk_bytes(root) - first
     assert 0 < added < 0.05 * first
     assert info.size == len(build_tar(files))
+
+
+@pytest.mark.parametrize("version", [1, 2])
+async def test_stored_size_is_what_the_save_added(root: Path, version: int) -> None:
+    """``stored_size``: the chunk objects or packs the save created, plus its tar index."""
+
+    def data_bytes() -> int:
+        return sum(p.stat().st_size for d in ("chunks", "packs") for p in files_under(root, d))
+
+    store = ChunkedStore(LocalObjectStore(root), format_version=version)
+    try:
+        files = text_files(40, 30_000) | random_files(3, 300_000)
+        first = await save(store, build_tar(files))
+        after_first = data_bytes()
+        files["bin/blob0001"] = random.Random(3).randbytes(300_000)
+        second = await save(store, build_tar(files))
+        again = await save(store, build_tar(files))
+        listed = {info.id: info.stored_size for info in await store.list()}
+    finally:
+        await store.close()
+
+    def index_size(info: SnapshotInfo) -> int:
+        return (root / "indexes" / info.id).stat().st_size
+
+    assert first.stored_size == after_first + index_size(first)
+    assert second.stored_size == data_bytes() - after_first + index_size(second)
+    assert again.stored_size == index_size(again)  # every chunk was already stored
+    assert listed == {i.id: i.stored_size for i in (first, second, again)}
+    assert manifest_of(root, first.id).stored_size == first.stored_size
+
+
+async def test_a_manifest_without_stored_size_lists_it_as_unknown(
+    store: ChunkedStore, root: Path
+) -> None:
+    """Manifests written before ``stored_size`` existed read as ``None`` ("not recorded")."""
+    info = await save(store, build_tar(text_files(5, 1_000)))
+    path = root / "manifests" / info.id
+    fields = msgspec.msgpack.decode(open_record(path.read_bytes()))
+    del fields["stored_size"]
+    path.write_bytes(encode_record(fields))
+    assert [i.stored_size for i in await store.list()] == [None]
+    assert (await store.get(info.id)).stored_size is None
 
 
 # --- integrity ------------------------------------------------------------------------------

@@ -189,10 +189,12 @@ def test_record_round_trips_through_from_dict() -> None:
 
 def test_info_shape_has_stable_keys() -> None:
     snap = docksnap.DirectorySnapshot(id=SNAP_ID, size=10, dir="/d")
-    doc = shapes.info(SnapshotInfo(snap, 1.0, 2.0, SnapshotSource("box", "img"), 60.0))
-    assert list(doc) == ["snapshot", "source", "created_at", "last_used_at", "ttl"]
+    doc = shapes.info(SnapshotInfo(snap, 1.0, 2.0, SnapshotSource("box", "img"), 60.0, 7))
+    assert list(doc) == ["snapshot", "source", "created_at", "last_used_at", "ttl", "stored_size"]
     assert doc["source"] == {"container": "box", "image": "img"}
-    assert shapes.info(SnapshotInfo(snap, 1.0, 2.0))["source"] is None
+    assert doc["stored_size"] == 7
+    bare = shapes.info(SnapshotInfo(snap, 1.0, 2.0))
+    assert (bare["source"], bare["stored_size"]) == (None, None)
 
 
 # -- arguments -----------------------------------------------------------------------------

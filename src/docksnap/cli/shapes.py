@@ -38,6 +38,7 @@ def info(item: SnapshotInfo) -> JSON:
         "created_at": item.created_at,
         "last_used_at": item.last_used_at,
         "ttl": item.ttl,
+        "stored_size": item.stored_size,
     }
 
 

@@ -284,6 +284,15 @@ class DockerClient:
             raw = await self._read_capped(response)
         return json.loads(raw) if raw.strip() else None
 
+    async def _inspect(self, path: str, *, operation: str) -> JSON | None:
+        """``GET path``: the object's description, or ``None`` on a 404. Read-only."""
+        async with self._send("GET", path, operation=operation, ok=(200, 404)) as response:
+            raw = await self._read_capped(response)
+            if response.status_code == 404:
+                return None
+        result: JSON = json.loads(raw)
+        return result
+
     # -- system -----------------------------------------------------------------
 
     async def ping(self) -> None:
@@ -373,14 +382,7 @@ class DockerClient:
 
     async def inspect_network(self, name: str) -> JSON | None:
         """The network's description, or ``None`` when it does not exist. Read-only."""
-        async with self._send(
-            "GET", f"/networks/{name}", operation="inspect network", ok=(200, 404)
-        ) as response:
-            raw = await self._read_capped(response)
-            if response.status_code == 404:
-                return None
-        result: JSON = json.loads(raw)
-        return result
+        return await self._inspect(f"/networks/{name}", operation="inspect network")
 
     # -- volumes ----------------------------------------------------------------
 
@@ -395,14 +397,7 @@ class DockerClient:
 
     async def inspect_volume(self, name: str) -> JSON | None:
         """The volume's description, or ``None`` when it does not exist."""
-        async with self._send(
-            "GET", f"/volumes/{name}", operation="inspect volume", ok=(200, 404)
-        ) as response:
-            raw = await self._read_capped(response)
-            if response.status_code == 404:
-                return None
-        result: JSON = json.loads(raw)
-        return result
+        return await self._inspect(f"/volumes/{name}", operation="inspect volume")
 
     async def list_volumes(self, labels: Mapping[str, str]) -> list[JSON]:
         """Volumes carrying every label in ``labels`` (a value of ``""`` matches any value)."""
@@ -501,14 +496,7 @@ class DockerClient:
 
     async def inspect_image(self, image: str) -> JSON | None:
         """The image's description, or ``None`` when this engine does not have it."""
-        async with self._send(
-            "GET", f"/images/{image}/json", operation="inspect image", ok=(200, 404)
-        ) as response:
-            raw = await self._read_capped(response)
-            if response.status_code == 404:
-                return None
-        result: JSON = json.loads(raw)
-        return result
+        return await self._inspect(f"/images/{image}/json", operation="inspect image")
 
     async def import_image(
         self, tar: AsyncIterable[bytes], *, repo: str, changes: list[str]

@@ -326,6 +326,7 @@ async def _closing(
     status_code=201,
     response_model=schemas.Info,
     tags=["snapshots"],
+    responses={201: {"content": _EVENTS}},
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -339,19 +340,27 @@ async def import_snapshot(
     name: Annotated[str | None, Query(max_length=255)] = None,
     ttl: Annotated[float | None, Query(gt=0)] = None,
     image: Annotated[str, Query(max_length=512)] = "",
-) -> dict[str, Any]:
+) -> Response:
     """Store a tar streamed in the request body as a snapshot of ``dir``.
 
     The body has no size limit and is never held whole. Members that are
     absolute, climb out with ``..``, write through an earlier symlink, or are
-    devices are refused, naming the member, and nothing is stored.
+    devices are refused, naming the member, and nothing is stored. Progress as
+    events with ``Accept: text/event-stream`` (bytes of the body read; the total
+    is its ``Content-Length`` when sent).
     """
     rt = runtime(request)
-    snapshot = await rt.client.snapshots.import_tar(
-        request.stream(), dir=dir, name=name, ttl=ttl, image=image
-    )
-    rt.changed()
-    return shapes.info(snapshot.info or await rt.client.snapshots.get(snapshot.id))
+    declared = request.headers.get("content-length", "")
+    size = int(declared) if declared.isdigit() else None
+
+    async def work() -> dict[str, Any]:
+        snapshot = await rt.client.snapshots.import_tar(
+            request.stream(), dir=dir, name=name, ttl=ttl, image=image, size=size
+        )
+        rt.changed()
+        return shapes.info(snapshot.info or await rt.client.snapshots.get(snapshot.id))
+
+    return await run_operation(request, "import", work, status_code=201, reads_body=True)
 
 
 @router.post(

@@ -35,6 +35,8 @@ templates.env.filters["size"] = lambda n: "\u2013" if n is None else render.size
 templates.env.filters["when"] = lambda t: "\u2013" if t is None else render.local_time(t)
 templates.env.filters["mode"] = lambda e: render.mode_string(e)
 templates.env.filters["urlpath"] = lambda p: quote(p)
+# The stored-size column's tooltip: the API schema's definition, said once.
+templates.env.globals["STORED_TIP"] = schemas.Info.model_fields["stored_size"].description
 
 router = APIRouter(include_in_schema=False)
 SnapshotId = Annotated[str, Path(pattern=schemas.SNAPSHOT_ID)]

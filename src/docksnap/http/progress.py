@@ -1,8 +1,8 @@
 """Progress of long operations, as Server-Sent Events on the request that started them.
 
 A caller that sends ``Accept: text/event-stream`` to an operation endpoint
-(snapshot, start, verify, gc) gets ``200`` and a stream of events instead of
-one JSON document at the end:
+(snapshot, start, import, verify, gc) gets ``200`` and a stream of events
+instead of one JSON document at the end:
 
 - ``progress``: ``{"operation", "stage", "snapshot_id", "done", "total",
   "elapsed"}`` at most four times a second and at least once a second
@@ -16,6 +16,10 @@ Why events on the same request, not a job resource to poll: nothing to store,
 expire or authorize separately, and the operation's lifetime is the
 connection's: closing it cancels the operation, which rolls back as Ctrl-C does
 in the CLI (a snapshot being written never becomes visible).
+
+The import streams its events while it is still reading the request body (see
+:class:`_BodyReadingEventStream`): a client that goes away mid-upload ends the
+body early, and the import stores nothing.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from docksnap.http.problems import problem_for
 from docksnap.service.progress import Phase, ProgressEvent
@@ -103,8 +108,13 @@ async def run_operation(
     work: Callable[[], Awaitable[Any]],
     *,
     status_code: int = 200,
+    reads_body: bool = False,
 ) -> Response:
-    """Run ``work`` (which returns a JSON-able document) as a plain or an evented request."""
+    """Run ``work`` (which returns a JSON-able document) as a plain or an evented request.
+
+    ``reads_body``: ``work`` reads the request body itself (the streamed import),
+    so the evented answer must leave ``receive`` to it.
+    """
     reporter = Reporter(operation, started=time.monotonic())
     token = CURRENT.set(reporter)
     try:
@@ -114,11 +124,30 @@ async def run_operation(
         task = asyncio.ensure_future(work())
     finally:
         CURRENT.reset(token)
-    return StreamingResponse(
+    response_class = _BodyReadingEventStream if reads_body else StreamingResponse
+    return response_class(
         _events(task, reporter),
         media_type=EVENT_STREAM,
         headers={"cache-control": "no-store", "x-accel-buffering": "no"},
     )
+
+
+class _BodyReadingEventStream(StreamingResponse):
+    """An event stream for an operation that is still reading the request body.
+
+    Starlette's StreamingResponse, under an ASGI server older than spec 2.4
+    (uvicorn), listens for the client's disconnect by calling ``receive`` itself,
+    which would take pieces of the request body from under the operation. Here
+    only the operation reads: a client that goes away mid-upload makes its read
+    raise ``ClientDisconnect``, so the operation fails and stores nothing. (One
+    that goes away after the whole body arrived is noticed by no one; the
+    operation completes, as a plain request's would.)
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.stream_response(send)
+        if self.background is not None:
+            await self.background()
 
 
 async def _events(task: asyncio.Future[Any], reporter: Reporter) -> AsyncIterator[str]:

@@ -51,6 +51,15 @@ class Info(BaseModel):
     created_at: float
     last_used_at: float
     ttl: float | None
+    stored_size: int | None = Field(
+        description=(
+            "Bytes the snapshot's save added to the store: the objects it created (new "
+            "chunk data, compressed, plus its tar index). Chunks shared with snapshots "
+            "saved earlier count for them, so this is not what deleting it frees. "
+            "Recorded at save time; null when not recorded (older snapshots, the "
+            "docker-volume: store)."
+        )
+    )
 
 
 class Page(BaseModel):

@@ -13,31 +13,39 @@ from collections.abc import Mapping
 from docksnap.errors import InvalidArgumentError
 
 
-def _integer(value: object) -> int | None:
+def _whole(value: object, rule: str, minimum: int, maximum: int | None = None) -> int:
+    """``value`` if it is an integer within the bounds; else the error, stating ``rule``."""
     # bool is an int to Python; a size of True is a caller's bug, not 1 byte.
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    if (
+        not isinstance(value, int)
+        or isinstance(value, bool)
+        or value < minimum
+        or (maximum is not None and value > maximum)
+    ):
+        raise InvalidArgumentError(f"{rule}, got {value!r}")
+    return value
 
 
-def _finite(value: object) -> float | None:
-    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    return None
+def _non_negative(value: object, rule: str) -> float:
+    """``value`` as a float if it is a finite number >= 0; else the error, stating ``rule``."""
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise InvalidArgumentError(f"{rule}, got {value!r}")
+    return float(value)
 
 
 def size_limit(value: object) -> int:
     """A snapshot's maximum tar stream length in bytes: a positive integer."""
-    number = _integer(value)
-    if number is None or number <= 0:
-        raise InvalidArgumentError(f"size_limit must be a positive integer, got {value!r}")
-    return number
+    return _whole(value, "size_limit must be a positive integer", minimum=1)
 
 
 def spool_limit(value: object) -> int:
     """The most bytes a snapshot may spool while its store catches up: an integer >= 0."""
-    number = _integer(value)
-    if number is None or number < 0:
-        raise InvalidArgumentError(f"spool_limit must be an integer >= 0, got {value!r}")
-    return number
+    return _whole(value, "spool_limit must be an integer >= 0", minimum=0)
 
 
 def ttl(value: object) -> float | None:
@@ -48,26 +56,17 @@ def ttl(value: object) -> float | None:
     """
     if value is None:
         return None
-    number = _finite(value)
-    if number is None or number < 0:
-        raise InvalidArgumentError(f"ttl must be a number of seconds >= 0, got {value!r}")
-    return number
+    return _non_negative(value, "ttl must be a number of seconds >= 0")
 
 
 def grace(value: object) -> float:
     """How young unreferenced data gc keeps, in seconds: a number >= 0."""
-    number = _finite(value)
-    if number is None or number < 0:
-        raise InvalidArgumentError(f"grace must be >= 0 seconds, got {value!r}")
-    return number
+    return _non_negative(value, "grace must be >= 0 seconds")
 
 
 def keep_last(value: object) -> int:
     """How many snapshots prune keeps: a non-negative integer."""
-    number = _integer(value)
-    if number is None or number < 0:
-        raise InvalidArgumentError(f"keep_last must be a non-negative integer, got {value!r}")
-    return number
+    return _whole(value, "keep_last must be a non-negative integer", minimum=0)
 
 
 def snapshot_name(value: object) -> str | None:
@@ -79,10 +78,7 @@ def snapshot_name(value: object) -> str | None:
 
 def signal_number(value: object) -> int:
     """A signal to send to a container: an integer from 1 to 64."""
-    number = _integer(value)
-    if number is None or not 1 <= number <= 64:
-        raise InvalidArgumentError(f"signal must be an integer from 1 to 64, got {value!r}")
-    return number
+    return _whole(value, "signal must be an integer from 1 to 64", minimum=1, maximum=64)
 
 
 def labels(value: object, reserved_prefix: str) -> dict[str, str]:

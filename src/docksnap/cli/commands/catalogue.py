@@ -109,6 +109,7 @@ async def _show(client: Client, snapshot_id: str) -> Result:
             ("kind", kind),
             ("dir", info.dir),
             ("size", f"{render.size(info.size)} ({info.size} bytes)"),
+            ("stored size", _stored_size(info.stored_size)),
             ("digest", info.snapshot.digest or "-"),
             ("container", (source.container if source else "") or "-"),
             ("image", render.image((source.image if source else "") or "-")),
@@ -129,6 +130,13 @@ async def _show(client: Client, snapshot_id: str) -> Result:
     lines += render.file_lines(files[:shown], prefix="  ")
     document = {**shapes.show(info, files, SHOW_FILES), "kind": kind}
     return Result(document, lines, [info.id])
+
+
+def _stored_size(stored: int | None) -> str:
+    """What the save added to the store (SnapshotInfo.stored_size); older ones: "-"."""
+    if stored is None:
+        return "- (not recorded)"
+    return f"{render.size(stored)} ({stored} bytes, added by this save)"
 
 
 def _relative(path: str, snapshot_dir: str) -> str:

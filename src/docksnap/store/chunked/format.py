@@ -159,6 +159,9 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
     source: SourceRecord | None
     chunks: tuple[ChunkRef, ...]
     index: IndexRef | None
+    # Bytes of the objects this save created (new chunk data, compressed, and the
+    # tar index); absent from manifests written before it was recorded.
+    stored_size: int | None = None
 
 
 class VersionProbe(msgspec.Struct, frozen=True):
@@ -181,6 +184,7 @@ class ManifestHeader(msgspec.Struct, frozen=True, kw_only=True):
     ttl: float | None
     source: SourceRecord | None
     index: IndexRef | None
+    stored_size: int | None = None
 
 
 class ManifestRefs(msgspec.Struct, frozen=True, kw_only=True):

@@ -68,7 +68,7 @@ class ChunkFetcher:
         except ObjectNotFoundError:
             stored = self._from_trash(ref)
             from_trash = True
-        data = self._verified(ref, stored, trash_key(ref.hash) if from_trash else key)
+        data = _verified(self._snapshot_id, ref, stored, trash_key(ref.hash) if from_trash else key)
         if from_trash:
             self._restore(key, stored)
         return stored, data
@@ -77,26 +77,15 @@ class ChunkFetcher:
         """Several consecutive chunks joined: one piece of the stream."""
         return b"".join([self.fetch(ref) for ref in refs])
 
-    def corrupt(self, ref: ChunkRef, detail: str) -> SnapshotCorruptError:
-        return SnapshotCorruptError(self._snapshot_id, f"chunk {ref.hash} {detail}")
-
     def _from_trash(self, ref: ChunkRef) -> bytes:
         try:
             return self._objects.get(trash_key(ref.hash))
         except ObjectNotFoundError:
-            raise self.corrupt(
-                ref, f"is missing (neither {chunk_key(ref.hash)} nor {trash_key(ref.hash)})"
+            raise _corrupt(
+                self._snapshot_id,
+                ref,
+                f"is missing (neither {chunk_key(ref.hash)} nor {trash_key(ref.hash)})",
             ) from None
-
-    def _verified(self, ref: ChunkRef, stored: bytes, key: str) -> bytes | memoryview:
-        try:
-            data = decode_chunk(stored, ref.length)
-        except ChunkDecodeError as exc:
-            raise self.corrupt(ref, f"is damaged ({key}): {exc}") from None
-        actual = hash_hex(data)
-        if actual != ref.hash:
-            raise self.corrupt(ref, f"fails verification ({key}): its bytes hash to {actual}")
-        return data
 
     def _restore(self, key: str, stored: bytes) -> None:
         # Best effort: the bytes were verified and are returned either way; a chunk
@@ -167,22 +156,33 @@ class PackFetcher:
             view = memoryview(span)
             for ref, where in run:
                 blob = view[where.offset - start : where.offset - start + where.stored]
-                data = self._verified(ref, blob, pack_id)
+                data = _verified(self._snapshot_id, ref, blob, f"pack {pack_id}")
                 out.append(blob if stored else data)
         return out
 
-    def _verified(self, ref: ChunkRef, stored: memoryview, pack_id: str) -> bytes | memoryview:
-        try:
-            data = decode_chunk(stored, ref.length)
-        except ChunkDecodeError as exc:
-            raise self._corrupt(ref, f"is damaged (pack {pack_id}): {exc}") from None
-        actual = hash_hex(data)
-        if actual != ref.hash:
-            raise self._corrupt(ref, f"fails verification (pack {pack_id}): hashes to {actual}")
-        return data
-
     def _corrupt(self, ref: ChunkRef, detail: str) -> SnapshotCorruptError:
-        return SnapshotCorruptError(self._snapshot_id, f"chunk {ref.hash} {detail}")
+        return _corrupt(self._snapshot_id, ref, detail)
+
+
+def _verified(
+    snapshot_id: str, ref: ChunkRef, stored: bytes | memoryview, where: str
+) -> bytes | memoryview:
+    """The chunk decoded from ``stored`` and checked against its name; else
+    :class:`SnapshotCorruptError` saying what is wrong and ``where`` it was read."""
+    try:
+        data = decode_chunk(stored, ref.length)
+    except ChunkDecodeError as exc:
+        raise _corrupt(snapshot_id, ref, f"is damaged ({where}): {exc}") from None
+    actual = hash_hex(data)
+    if actual != ref.hash:
+        raise _corrupt(
+            snapshot_id, ref, f"fails verification ({where}): its bytes hash to {actual}"
+        )
+    return data
+
+
+def _corrupt(snapshot_id: str, ref: ChunkRef, detail: str) -> SnapshotCorruptError:
+    return SnapshotCorruptError(snapshot_id, f"chunk {ref.hash} {detail}")
 
 
 class _Stale(Exception):

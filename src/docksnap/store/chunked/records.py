@@ -397,4 +397,5 @@ def info_from_header(header: ManifestHeader, last_used: float | None) -> Snapsho
         last_used_at=max(header.last_used_at, last_used or 0.0),
         source=SnapshotSource(source.container, source.image) if source else None,
         ttl=header.ttl,
+        stored_size=header.stored_size,
     )

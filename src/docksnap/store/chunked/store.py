@@ -584,6 +584,7 @@ class ChunkedStore:
             source=SourceRecord(source.container, source.image),
             chunks=result.chunks,
             index=index,
+            stored_size=result.stored_bytes + index.stored_size,
         )
         if not self._records.commit(manifest):
             raise StoreError(self.url, f"snapshot {snapshot.id} already exists")
