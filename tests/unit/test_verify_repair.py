@@ -131,3 +131,100 @@ async def test_a_gc_that_could_not_release_its_lease_does_not_block_the_next(
         assert not (root / "locks" / "gc").exists()
     finally:
         await store.close()
+
+
+# --- repair ------------------------------------------------------------------------------
+
+
+async def test_repair_rewrites_a_damaged_chunk_from_another_store(
+    store: ChunkedStore, root: Path, tmp_path: Path
+) -> None:
+    """Defect 7: ``verify --repair --from URL`` rewrites what verify quarantined from a
+    store that still has the chunk; afterwards every snapshot verifies and reads."""
+    data = build_tar(random_files(3, 300_000))
+    old = await save(store, data)
+    other = new_store(tmp_path / "other")
+    try:
+        await save(other, data)  # the same data saved on its own: the same chunks
+        flip_a_byte(root)
+        found = await store.verify(read_data=True)
+        assert [p.snapshot_id for p in found.problems] == [old.id]
+        assert files(root, "quarantine")
+
+        report = await store.verify(repair=True, sources=[other])
+        assert report.ok, report.problems
+        assert [r.chunk for r in report.repaired] == [found.problems[0].object]
+        assert report.repaired[0].snapshot_ids == (old.id,)
+        assert report.repaired[0].source == other.url
+        assert (await store.verify(read_data=True)).ok
+        assert await read_back(store, old.id) == data
+    finally:
+        await other.close()
+
+
+async def test_repair_without_a_source_names_the_snapshots_left_damaged(
+    store: ChunkedStore, root: Path
+) -> None:
+    data = build_tar(random_files(3, 300_000))
+    damaged = await save(store, data)
+    intact = await save(store, build_tar(text_files(3, 5_000)))
+    flip_a_byte(root)
+    report = await store.verify(repair=True)
+    assert report.repaired == ()
+    assert {p.snapshot_id for p in report.problems} == {damaged.id}
+    assert intact.id not in {p.snapshot_id for p in report.problems}
+    # A save of the intact data still stores the chunk afresh and heals the old one.
+    fresh = await save(store, data)
+    assert await read_back(store, fresh.id) == data
+    assert (await store.verify(repair=True)).ok
+
+
+async def test_repair_uses_an_intact_copy_in_the_same_store(tmp_path: Path) -> None:
+    """A version-1 snapshot's chunk object is intact while a packed snapshot's copy
+    of the same chunk is damaged: repair re-packs the chunk from it. (Stream
+    chunking in both, so that the two share chunks.)"""
+    root = tmp_path / "store"
+    data = build_tar(random_files(3, 300_000))
+    v1 = new_store(root, format_version=1)
+    try:
+        old = await save(v1, data)
+    finally:
+        await v1.close()
+    store = new_store(root, per_file=False)
+    try:
+        new = await save(store, data)
+        assert files(root, "packs")
+        assert files(root, "chunks")
+        flip_a_byte(root)
+        report = await store.verify(repair=True)
+        assert report.ok, report.problems
+        assert [r.snapshot_ids for r in report.repaired] == [(new.id,)]
+        assert report.repaired[0].source.startswith("chunks/")
+        assert old.id != new.id
+        assert (await store.verify(read_data=True)).ok
+        assert await read_back(store, new.id) == data
+    finally:
+        await store.close()
+
+
+async def test_repair_replaces_a_missing_pack(
+    store: ChunkedStore, root: Path, tmp_path: Path
+) -> None:
+    data = build_tar(random_files(2, 300_000))
+    old = await save(store, data)
+    other = new_store(tmp_path / "other")
+    try:
+        await save(other, data)
+        for pack in files(root, "packs"):
+            pack.unlink()
+        report = await store.verify(repair=True, sources=[other])
+        assert report.ok, report.problems
+        assert {r.snapshot_ids for r in report.repaired} == {(old.id,)}
+        assert await read_back(store, old.id) == data
+    finally:
+        await other.close()
+
+
+async def test_repair_needs_the_data_read(store: ChunkedStore) -> None:
+    with pytest.raises(ValueError, match="read_data"):
+        await store.verify(read_data=False, repair=True)

@@ -56,8 +56,20 @@ class _Tally:
         )
 
 
+@dataclass(slots=True)
+class DamagedChunk:
+    """A chunk verify could not read intact, and the snapshots (id → manifest
+    version) whose streams need it: what a repair must rewrite, and where."""
+
+    ref: ChunkRef
+    snapshots: dict[str, int] = field(default_factory=dict)
+
+
 class Verifier:
-    """Checks manifests, their indexes and chunks. Runs on a control thread."""
+    """Checks manifests, their indexes and chunks. Runs on a control thread.
+
+    After :meth:`run`, :attr:`damaged` holds every chunk it found damaged, by hash.
+    """
 
     def __init__(
         self,
@@ -73,6 +85,7 @@ class Verifier:
         self._fetcher_for = fetcher_for
         self._present_for = present_for
         self._on_damaged = on_damaged
+        self.damaged: dict[str, DamagedChunk] = {}
 
     def run(self, snapshot_ids: Iterable[str], *, read_data: bool) -> VerifyReport:
         tally = _Tally()
@@ -137,6 +150,8 @@ class Verifier:
                 tally.objects += 1
                 if data is None:
                     intact = False
+                    damaged = self.damaged.setdefault(ref.hash, DamagedChunk(ref))
+                    damaged.snapshots[manifest.id] = manifest.version
                     detail = problem or "unreadable"
                     if self._on_damaged is not None:
                         detail += self._on_damaged(manifest, ref)
