@@ -44,6 +44,7 @@ from docksnap.service.progress import Operation, Phase, ProgressEvent, ProgressH
 from docksnap.store.base import (
     GcReport,
     Problem,
+    Repair,
     SnapshotStore,
     StoreStats,
     TarReader,
@@ -92,6 +93,7 @@ __all__ = [
     "Problem",
     "ProgressEvent",
     "ProgressHook",
+    "Repair",
     "ReportEntry",
     "RestoreThroughSymlinkError",
     "SnapshotCorruptError",

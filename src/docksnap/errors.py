@@ -105,22 +105,31 @@ class UnsafeArchiveError(InvalidArgumentError):
 
 class RestoreThroughSymlinkError(InvalidArgumentError):
     """A restore's mount point or member path passes through a symlink that an
-    earlier restore of the same start put there.
+    earlier restore of the same start put there, or (``in_image``) a merge's
+    member passes through a symlink the container's own files have.
 
-    Refused before anything is created: the engine resolves such a link inside
-    the container, so the restore would land wherever the link points (a
-    snapshot holding ``sub -> /etc`` would put the next one into ``/etc``).
+    The engine resolves such a link inside the container, so the restore would
+    land wherever the link points (a snapshot holding ``sub -> /etc`` would put
+    the next one into ``/etc``). A restored link is refused before anything is
+    created; an image's link when the merge reaches it, and the failed start
+    removes the container.
     """
 
-    def __init__(self, link: str, link_target: str, snapshot_id: str, path: str) -> None:
+    def __init__(
+        self, link: str, link_target: str, snapshot_id: str, path: str, *, in_image: bool = False
+    ) -> None:
+        if in_image:
+            where = f"which the container's image has; snapshot {snapshot_id} was not merged"
+        else:
+            where = f"which snapshot {snapshot_id} restores; nothing was created"
         super().__init__(
-            f"restoring at {path} would pass through the symlink {link} -> {link_target}, "
-            f"which snapshot {snapshot_id} restores; nothing was created"
+            f"restoring at {path} would pass through the symlink {link} -> {link_target}, {where}"
         )
         self.link = link
         self.link_target = link_target
         self.snapshot_id = snapshot_id
         self.path = path
+        self.in_image = in_image
 
 
 class ContainerError(DocksnapError):

@@ -399,6 +399,39 @@ def test_corrupt_chunk_fails_verify_and_export(chunked: Cli, tmp_path: Path) -> 
     assert not list(tmp_path.glob("*out.tar*"))  # no truncated archive left behind
 
 
+def test_verify_repair_rewrites_damage_from_another_store(chunked: Cli, tmp_path: Path) -> None:
+    """Issue 10, defect 7: ``verify --repair --from URL``; without a source the damaged
+    snapshots are named and the exit is 12."""
+    content = os.urandom(400_000)
+    archive = tar_of([(member("f"), content)])
+    old = chunked.import_tar("-", "--dir", "/d", stdin=archive)["snapshot"]["id"]
+    other = Cli((tmp_path / "other").as_uri())
+    other.import_tar("-", "--dir", "/d", stdin=archive)  # the same data, on its own
+    pack = max(
+        (p for p in (tmp_path / "store").glob("packs/*/*") if p.is_file()),
+        key=lambda p: p.stat().st_size,
+    )
+    damaged = bytearray(pack.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    pack.write_bytes(bytes(damaged))
+
+    assert chunked.json("verify", code=12)["damaged_snapshots"] == [old]
+    alone = chunked("verify", "--repair", code=12).stdout.decode()
+    assert f"damaged: {old}" in alone
+    chunked("verify", "--from", other.store, code=2)  # --from needs --repair
+
+    report = chunked.json("verify", "--repair", "--from", other.store)
+    assert report["ok"] is True
+    assert [r["snapshot_ids"] for r in report["repaired"]] == [[old]]
+    assert report["repaired"][0]["source"] == other.store
+    assert chunked.json("verify")["ok"] is True
+    chunked("export", old, "-o", str(tmp_path / "out.tar"))
+    with tarfile.open(tmp_path / "out.tar") as tar:
+        extracted = tar.extractfile("f")
+        assert extracted is not None
+        assert extracted.read() == content
+
+
 # -- terminals, pipes, signals -----------------------------------------------------------
 
 

@@ -218,24 +218,8 @@ async def test_s3_slowdown(
     await check_fault(world, "S3", name, operation, ok=times is not None)
 
 
-RESET_KNOWN = {
-    "gc": "a gc that fails on a dead connection cannot release its lease, and the next gc "
-    "is refused until the lease expires (issue 10, defect 6)",
-    "verify": "verify reports a transient S3 failure as damage instead of raising "
-    "StoreUnavailableError (matters once verify quarantines, issue 10, defect 7)",
-}
-
-
 @pytest.mark.s3
-@pytest.mark.parametrize(
-    "operation",
-    [
-        pytest.param(op, marks=pytest.mark.xfail(strict=True, reason=RESET_KNOWN[op]))
-        if op in RESET_KNOWN
-        else op
-        for op in OPERATIONS
-    ],
-)
+@pytest.mark.parametrize("operation", OPERATIONS)
 async def test_s3_connection_reset(
     source: str, s3_server: S3Server, s3_prefix: str, operation: str
 ) -> None:

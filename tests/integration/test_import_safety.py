@@ -125,6 +125,31 @@ ENGINE_REFUSES = [
     ("directory replacing a file", header(b"a") + header(b"a/", b"5") + END, "a"),
     ("member under a file", header(b"a") + header(b"a/b") + END, "a/b"),
     ("symlink climbing out", header(b"up", b"2", link=b"../../etc") + END, "up"),
+    # The engine creates a member's missing parents as directories, so a later member
+    # at a parent's path replaces a directory ("cannot overwrite directory").
+    (
+        "file replacing an implied directory",
+        with_data(header(b"a/f", size=1), b"x") + header(b"a") + END,
+        "a",
+    ),
+    (
+        "symlink replacing an implied directory",
+        with_data(header(b"a/f", size=1), b"x") + header(b"a", b"2", link=b"/etc") + END,
+        "a",
+    ),
+    # moby removes the path before link(2), so the link's target is gone: ENOENT
+    # (and in a merge restore the container's own file at that path is deleted).
+    (
+        "hard link to itself",
+        with_data(header(b"f", size=1), b"x") + header(b"f", b"1", link=b"f") + END,
+        "f",
+    ),
+    (
+        "hard link to itself, spelt ./f",
+        with_data(header(b"f", size=1), b"x") + header(b"./f", b"1", link=b"f") + END,
+        "f",
+    ),
+    ("empty symlink target", header(b"l", b"2", link=b"") + END, "l"),  # symlink(2): ENOENT
 ]
 CASES = pytest.mark.parametrize(
     ("case", "raw", "member"), ENGINE_REFUSES, ids=[c for c, _, _ in ENGINE_REFUSES]

@@ -8,7 +8,9 @@ volume (default) and merge modes is refused before anything is created.
 
 from __future__ import annotations
 
+import asyncio
 import io
+import subprocess
 import tarfile
 from collections.abc import AsyncIterator
 
@@ -16,7 +18,7 @@ import pytest
 
 import docksnap
 from docksnap import DirectorySnapshot, SnapshotRestore
-from tests.conftest import TEST_IMAGE, read_file, sleeper, unique_name
+from tests.conftest import SESSION_ID, SESSION_LABELS, TEST_IMAGE, read_file, sleeper, unique_name
 from tests.integration.test_core import _containers_named, _restore_volumes_of, running
 
 pytestmark = pytest.mark.docker
@@ -147,3 +149,120 @@ async def test_imported_link_is_refused_too(client: docksnap.Client, containers:
             SnapshotRestore(into_link, mount_point="/mnt/sub", merge=merge),
         ]
         await _refused(client, containers, restores, "/mnt/sub")
+
+
+# --- symlinks of the image under a merge target ----------------------------------------
+
+
+@pytest.fixture
+async def linked_image(client: docksnap.Client, containers: Boxes) -> AsyncIterator[str]:
+    """An image whose /mnt/data is a symlink to /etc (what many images do: a data
+    directory linked elsewhere), labelled for this session and removed after."""
+    box = await running(client, containers, "mkdir -p /mnt && ln -s /etc /mnt/data")
+    image = f"docksnap-test-linked-{SESSION_ID}:latest"
+    labels = {**SESSION_LABELS, "io.docksnap.managed": "true", "io.docksnap.role": "app"}
+    changes = [arg for k, v in labels.items() for arg in ("--change", f"LABEL {k}={v}")]
+    commit = ["docker", "commit", *changes, box.name, image]
+    await asyncio.to_thread(subprocess.run, commit, check=True, capture_output=True)
+    try:
+        yield image
+    finally:
+        for made in containers:  # an image a container uses would only be untagged
+            await made.destroy()
+        rmi = ["docker", "rmi", image]
+        await asyncio.to_thread(subprocess.run, rmi, check=True, capture_output=True)
+
+
+def _archive(*members: tuple[str, bytes | None]) -> bytes:
+    """Members in order: (name, data) files, (name/, None) directories."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name.rstrip("/"))
+            if data is None:
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+async def test_the_engine_writes_through_an_image_symlink_when_merging(
+    client: docksnap.Client, containers: Boxes, linked_image: str
+) -> None:
+    """The threat: a member under an implied parent that the image made a symlink
+    lands wherever the link points (moby only checks names lexically)."""
+    box = client.container(unique_name("ds-linked"))
+    containers.append(box)
+    await box.start(linked_image, entrypoint=sleeper())
+    raw = _archive(("data/pwned", b"pwned\n"))
+    await client.docker.put_archive(box.name, "/mnt", _once(raw), size=len(raw))
+    assert await read_file(client, box.name, "/etc/pwned") == b"pwned\n"
+
+
+async def test_a_merge_through_an_image_symlink_is_refused(
+    client: docksnap.Client, containers: Boxes, linked_image: str
+) -> None:
+    raw = _archive(("ok", b"fine\n"), ("data/pwned", b"pwned\n"))
+    snap = await client.snapshots.import_tar(_once(raw), dir="/mnt", image=TEST_IMAGE)
+    target = client.container(unique_name("ds-linked"))
+    containers.append(target)
+    if client.store.url.startswith("docker-volume:"):
+        # That store keeps the engine's re-archiving, with a "data/" member before
+        # its content: the engine itself refuses to put a directory over the link.
+        with pytest.raises(docksnap.DockerError, match="cannot overwrite non-directory"):
+            await target.start(
+                linked_image, entrypoint=sleeper(), snapshots=[SnapshotRestore(snap, merge=True)]
+            )
+    else:
+        with pytest.raises(docksnap.RestoreThroughSymlinkError) as caught:
+            await target.start(
+                linked_image, entrypoint=sleeper(), snapshots=[SnapshotRestore(snap, merge=True)]
+            )
+        assert (caught.value.link, caught.value.link_target) == ("/mnt/data", "/etc")
+        assert caught.value.in_image
+        assert "image" in str(caught.value)
+    assert _containers_named(target.name) == []  # the failed start removed what it made
+    # In volume mode the image's /mnt is masked: nothing to pass through.
+    fresh = client.container(unique_name("ds-linked"))
+    containers.append(fresh)
+    await fresh.start(linked_image, entrypoint=sleeper(), snapshots=[snap])
+    assert await read_file(client, fresh.name, "/mnt/data/pwned") == b"pwned\n"
+    assert await read_file(client, fresh.name, "/etc/pwned") is None
+
+
+async def test_a_merge_never_replaces_an_image_symlink_by_a_directory(
+    client: docksnap.Client, containers: Boxes, linked_image: str
+) -> None:
+    """A directory member where the image has a symlink (as an engine archive of
+    a directory that was a real one has): the engine refuses it
+    (``noOverwriteDirNonDir``), so nothing goes through the link either."""
+    raw = _archive(("data/", None), ("data/pwned", b"pwned\n"))
+    snap = await client.snapshots.import_tar(_once(raw), dir="/mnt", image=TEST_IMAGE)
+    box = client.container(unique_name("ds-linked"))
+    containers.append(box)
+    with pytest.raises(docksnap.DockerError, match="cannot overwrite non-directory"):
+        await box.start(
+            linked_image, entrypoint=sleeper(), snapshots=[SnapshotRestore(snap, merge=True)]
+        )
+    assert _containers_named(box.name) == []
+
+
+async def test_a_merge_that_implies_directories_lands_every_file(
+    client: docksnap.Client, containers: Boxes
+) -> None:
+    """Implied parents are checked between extractions (the engine's stat waits for
+    an extraction into the same container): the files all arrive, in place."""
+    # The first member already needs a stat: the first extraction is an empty archive.
+    raw = _archive(("c/i", b"4"), ("f", b"1" * 5000), ("a/b/g", b"2"), ("a/b/h", b"3"))
+    snap = await client.snapshots.import_tar(_once(raw), dir="/mnt", image=TEST_IMAGE)
+    box = client.container(unique_name("ds-implied"))
+    containers.append(box)
+    await box.start(TEST_IMAGE, entrypoint=sleeper(), snapshots=[SnapshotRestore(snap, merge=True)])
+    for path, data in (("f", b"1" * 5000), ("a/b/g", b"2"), ("a/b/h", b"3"), ("c/i", b"4")):
+        assert await read_file(client, box.name, f"/mnt/{path}") == data

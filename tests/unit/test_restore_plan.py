@@ -6,12 +6,15 @@ the rules: which paths count, masking by a later volume, hard links to links.
 
 from __future__ import annotations
 
+import io
+import tarfile
 import uuid
+from collections.abc import AsyncIterator
 
 import pytest
 
 from docksnap import DirectorySnapshot, RestoreThroughSymlinkError, SnapshotRestore
-from docksnap.service.restore_plan import check_restored_symlinks
+from docksnap.service.restore_plan import ImageLinkGuard, check_restored_symlinks
 from docksnap.tarstream import TarEntry
 
 
@@ -91,3 +94,93 @@ async def test_indexes_are_read_only_where_a_link_could_matter() -> None:
     assert store.reads == []  # neither is below the other
     await check(store, SnapshotRestore(first), SnapshotRestore(second, mount_point="/a/t"))
     assert store.reads == [first.id]
+
+
+# --- the image-link guard of merges ---------------------------------------------------
+
+
+def _tar(*members: tuple[str, bytes | None]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name.rstrip("/"))
+            if data is None:
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+async def _guarded(
+    raw: bytes, links: dict[str, str], piece: int = 100
+) -> tuple[list[bytes], list[str]]:
+    """Run the guard over ``raw`` in pieces of ``piece`` bytes: the extractions it
+    makes, and the paths it stats (``links``: the container's symlinks)."""
+    stats: list[str] = []
+    segments: list[bytes] = []
+
+    async def pieces() -> AsyncIterator[bytes]:
+        for start in range(0, len(raw), piece):
+            yield raw[start : start + piece]
+
+    async def stat(path: str) -> dict[str, object] | None:
+        stats.append(path)
+        if path in links:
+            return {"mode": 1 << 27 | 0o777, "linkTarget": links[path]}
+        return {"mode": 1 << 31 | 0o755}
+
+    async def put(segment: AsyncIterator[bytes]) -> None:
+        segments.append(b"".join([chunk async for chunk in segment]))
+
+    restore = SnapshotRestore(DirectorySnapshot(id=str(uuid.uuid4()), size=0, dir="/mnt"))
+    await ImageLinkGuard(pieces(), stat, restore).extract(put)
+    return segments, stats
+
+
+def _members(segment: bytes) -> list[str]:
+    with tarfile.open(fileobj=io.BytesIO(segment)) as tar:
+        return tar.getnames()
+
+
+@pytest.mark.parametrize("piece", [1, 100, 512, 1 << 20])
+async def test_an_archive_with_its_directories_goes_in_one_extraction(piece: int) -> None:
+    raw = _tar(("d/", None), ("d/f", b"x" * 700), ("d/e/", None), ("d/e/g", b""), ("h", b"y"))
+    segments, stats = await _guarded(raw, {}, piece)
+    assert segments == [raw]  # unchanged, and no stat (the engine's lock is free)
+    assert stats == []
+
+
+@pytest.mark.parametrize("piece", [1, 100, 512, 1 << 20])
+async def test_implied_directories_are_checked_between_extractions(piece: int) -> None:
+    raw = _tar(("f", b"1" * 600), ("a/b/g", b"2"), ("a/b/h", b"3"), ("c/i", b"4"))
+    segments, stats = await _guarded(raw, {}, piece)
+    assert stats == ["/mnt/a", "/mnt/a/b", "/mnt/c"]
+    assert [_members(s) for s in segments] == [["f"], ["a/b/g", "a/b/h"], ["c/i"]]
+    with tarfile.open(fileobj=io.BytesIO(segments[1])) as tar:
+        extracted = tar.extractfile("a/b/h")
+        assert extracted is not None
+        assert extracted.read() == b"3"
+
+
+@pytest.mark.parametrize("piece", [1, 100, 1 << 20])
+async def test_a_member_through_a_container_symlink_never_reaches_the_engine(piece: int) -> None:
+    raw = _tar(("ok", b"fine"), ("data/pwned", b"PWNED"))
+    segments: list[bytes] = []
+    with pytest.raises(RestoreThroughSymlinkError) as caught:
+        segments, _ = await _guarded(raw, {"/mnt/data": "/etc"}, piece)
+    assert (caught.value.link, caught.value.link_target) == ("/mnt/data", "/etc")
+    assert caught.value.path == "/mnt/data/pwned"
+    assert caught.value.in_image
+    assert all(b"PWNED" not in s and b"data/pwned" not in s for s in segments)
+
+
+async def test_a_hard_link_target_through_a_container_symlink_is_refused() -> None:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        link = tarfile.TarInfo("h")
+        link.type, link.linkname = tarfile.LNKTYPE, "data/passwd"
+        tar.addfile(link)
+    with pytest.raises(RestoreThroughSymlinkError, match="/mnt/data"):
+        await _guarded(buffer.getvalue(), {"/mnt/data": "/etc"})

@@ -19,6 +19,7 @@ from docksnap.tarstream import (
     TarSafetyChecker,
     UnsafeArchiveError,
 )
+from docksnap.tarstream.keyset import KeySet, path_key
 from tests.tarcraft import END, gnu_long, header, pax, with_data
 from tests.unit.test_go_tar_differential import issue_repro
 
@@ -148,6 +149,25 @@ def test_a_member_that_fails_its_check_contributes_no_byte() -> None:
     assert b"S" not in out
 
 
+def test_a_refused_stream_stays_refused() -> None:
+    """After a check raised, the canonicalizer must not carry on with later members
+    (the refused one would silently be missing from a stream that still ends well)."""
+
+    def check(entry: TarEntry) -> None:
+        if entry.path == "bad":
+            raise UnsafeArchiveError(entry.path, "no")
+
+    members = [with_data(header(b"%s" % n, size=2), b"xy") for n in (b"ok", b"bad", b"after")]
+    rewriter = TarCanonicalizer(check)
+    rewriter.feed(members[0])
+    with pytest.raises(UnsafeArchiveError):
+        rewriter.feed(members[1])
+    with pytest.raises(UnsafeArchiveError):
+        rewriter.feed(members[2])
+    with pytest.raises(UnsafeArchiveError):
+        rewriter.finish()
+
+
 def test_reencoding_keeps_no_per_member_state() -> None:
     member = with_data(header(b"f", size=10), b"0123456789")
     rewriter = TarCanonicalizer(lambda entry: None)
@@ -193,6 +213,13 @@ def _entry(path: str, kind: str = "file", link: str = "", uid: int = 0, gid: int
         ([_entry("a/" * 2100 + "f")], "path of 4201 bytes is longer than 4096"),
         ([_entry("l", "symlink", "a/" * 2100)], "link target of 4200 bytes"),
         ([_entry("x" * 256)], "component longer than 255 bytes"),
+        # What the engine refuses although each member alone is fine (checked on the
+        # engine in tests/integration/test_import_safety.py).
+        ([_entry("a/f"), _entry("a")], "file replaces a directory"),  # a/ was implied
+        ([_entry("a/b/f"), _entry("a/b", "symlink", "/etc")], "symlink replaces a directory"),
+        ([_entry("f"), _entry("f", "hardlink", "f")], "hard link to itself"),
+        ([_entry("d/f"), _entry("d/./f", "hardlink", "d/f")], "hard link to itself"),
+        ([_entry("l", "symlink", "")], "empty symlink target"),
     ],
 )
 def test_restorable_checker_refuses(members: list[TarEntry], reason: str) -> None:
@@ -219,6 +246,40 @@ def test_restorable_checker_accepts_what_the_engine_extracts() -> None:
         _entry("n", "char"),
     ]:
         checker.check(entry)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.text(max_size=8), st.integers(1, 3)), max_size=3000))
+def test_the_key_set_answers_as_a_set_does(items: list[tuple[str, int]]) -> None:
+    keys = KeySet()
+    added = {path_key(path, kind) for path, kind in items[::2]}
+    for key in added:
+        keys.add(key)
+        keys.add(key)  # twice: counted once
+    assert len(keys) == len(added)
+    for path, kind in items:
+        assert (path_key(path, kind) in keys) == (path_key(path, kind) in added)
+    assert keys.nbytes() <= max(8 * 1024, 2 * 8 * len(added) / 0.7)
+
+
+@pytest.mark.parametrize("checker_type", [TarSafetyChecker, RestorableChecker])
+def test_the_checkers_remember_paths_in_about_a_dozen_bytes(checker_type: type) -> None:
+    """Every path of the archive is remembered (a later member may go through or
+    link to any of them), but as a key, not a string: 10,000,000 members of any
+    path length must fit in memory. Here 200,000 symlinks with 200-byte paths."""
+    checker = checker_type()
+    prefix = "d" * 180
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(200_000):
+            checker.check(_entry(f"{prefix}/{i:012d}", "symlink", "/etc"))
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    # Strings would take ~50 MB; a set of ints ~12 MB; keys 8 bytes in a table kept
+    # under 70 % full: at most 2 * 200,000 * 8 / 0.7 ≈ 4.6 MB just after it grew.
+    assert grown < 5 * 1024 * 1024
 
 
 def test_a_uid_beyond_32_bits_is_refused_through_the_import_path() -> None:

@@ -86,6 +86,11 @@ def verify(report: VerifyReport) -> JSON:
             {"snapshot_id": p.snapshot_id, "object": p.object, "detail": p.detail}
             for p in report.problems
         ],
+        "repaired": [
+            {"chunk": r.chunk, "source": r.source, "snapshot_ids": list(r.snapshot_ids)}
+            for r in report.repaired
+        ],
+        "damaged_snapshots": list(report.damaged_snapshots),
     }
 
 

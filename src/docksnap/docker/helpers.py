@@ -63,7 +63,17 @@ async def _create(
             "NetworkDisabled": True,
             "HostConfig": {
                 "NetworkMode": "none",
-                "Mounts": [{"Type": "volume", "Source": volume, "Target": HELPER_MOUNT}],
+                # NoCopy: else the engine copies what the image has at /mnt into an
+                # empty volume, and a restore volume would hold the image's files
+                # (and its symlinks, which the extraction would then follow).
+                "Mounts": [
+                    {
+                        "Type": "volume",
+                        "Source": volume,
+                        "Target": HELPER_MOUNT,
+                        "VolumeOptions": {"NoCopy": True},
+                    }
+                ],
             },
         },
     )

@@ -374,7 +374,11 @@ async def verify_snapshot(
     id: SnapshotId,
     body: Annotated[schemas.VerifyRequest | None, Body()] = None,
 ) -> Response:
-    """Re-read and re-hash one snapshot's stored bytes (``read_data: false``: metadata only)."""
+    """Re-read and re-hash one snapshot's stored bytes (``read_data: false``: metadata only).
+
+    ``repair: true`` rewrites damaged chunks from intact copies in this store;
+    ``problems`` are then what stays damaged.
+    """
     return await _verify(request, id, body or schemas.VerifyRequest())
 
 
@@ -387,7 +391,11 @@ async def verify_snapshot(
 async def verify_store(
     request: Request, body: Annotated[schemas.VerifyRequest | None, Body()] = None
 ) -> Response:
-    """Check every snapshot; problems are listed, not raised (``ok`` is false)."""
+    """Check every snapshot; problems are listed, not raised (``ok`` is false).
+
+    ``repair: true`` rewrites damaged chunks from intact copies in this store;
+    ``problems`` are then what stays damaged.
+    """
     return await _verify(request, None, body or schemas.VerifyRequest())
 
 
@@ -395,7 +403,8 @@ async def _verify(request: Request, id: str | None, body: schemas.VerifyRequest)
     rt = runtime(request)
 
     async def work() -> dict[str, Any]:
-        return shapes.verify(await rt.client.snapshots.verify(id, read_data=body.read_data))
+        report = await rt.client.snapshots.verify(id, read_data=body.read_data, repair=body.repair)
+        return shapes.verify(report)
 
     return await run_operation(request, "verify", work)
 

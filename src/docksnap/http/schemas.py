@@ -122,12 +122,20 @@ class VerifyProblem(BaseModel):
     detail: str
 
 
+class VerifyRepair(BaseModel):
+    chunk: str
+    source: str
+    snapshot_ids: list[str]
+
+
 class VerifyResult(BaseModel):
     ok: bool
     snapshots_checked: int
     objects_checked: int
     bytes_checked: int
     problems: list[VerifyProblem]
+    repaired: list[VerifyRepair]
+    damaged_snapshots: list[str]
 
 
 class Orphans(BaseModel):
@@ -227,7 +235,12 @@ class Signalled(BaseModel):
 
 
 class VerifyRequest(_Strict):
+    """``repair`` rewrites damaged chunks from intact copies in this store. Other
+    stores (the CLI's ``--from URL``) are not offered here: the server would open
+    any URL a client names, an S3 endpoint included."""
+
     read_data: bool = True
+    repair: bool = False
 
 
 class GcRequest(_Strict):

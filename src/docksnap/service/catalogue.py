@@ -10,7 +10,7 @@ import contextlib
 import dataclasses
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from itertools import groupby
 
@@ -130,11 +130,34 @@ class Catalogue:
         await self._store.delete(snapshot_id)
 
     async def verify(
-        self, snapshot_id: str | None = None, *, read_data: bool = True
+        self,
+        snapshot_id: str | None = None,
+        *,
+        read_data: bool = True,
+        repair: bool = False,
+        sources: Sequence[SnapshotStore | str] = (),
     ) -> VerifyReport:
-        with track(self._progress, Operation.VERIFY, snapshot_id) as progress:
-            report = await self._store.verify(snapshot_id, read_data=read_data)
-            progress.done = report.bytes_checked
+        """Check one snapshot or all; problems are listed in the report, not raised.
+
+        ``repair`` rewrites damaged chunks from an intact copy in this store or in
+        ``sources`` (stores or store URLs, tried in order; URLs are opened here and
+        closed afterwards); the report's ``problems`` are then what stays damaged
+        and ``repaired`` what was fixed. A transient store fault raises
+        :class:`~docksnap.errors.StoreUnavailableError`.
+        """
+        async with contextlib.AsyncExitStack() as stack:
+            opened: list[SnapshotStore] = []
+            for source in sources:
+                if isinstance(source, str):
+                    store = self._store_from_url(source)
+                    stack.push_async_callback(store.close)
+                    source = store
+                opened.append(source)
+            with track(self._progress, Operation.VERIFY, snapshot_id) as progress:
+                report = await self._store.verify(
+                    snapshot_id, read_data=read_data, repair=repair, sources=opened
+                )
+                progress.done = report.bytes_checked
         return report
 
     async def gc(self, *, grace: float = DEFAULT_GC_GRACE) -> GcReport:
@@ -253,13 +276,16 @@ class Catalogue:
         """
         if not isinstance(to, str):
             return await self._copy(snapshot_id, to)
-        if self._open_store is None:
-            raise InvalidArgumentError("this catalogue cannot open store URLs; pass a store")
-        target = self._open_store(to)
+        target = self._store_from_url(to)
         try:
             return await self._copy(snapshot_id, target)
         finally:
             await target.close()
+
+    def _store_from_url(self, url: str) -> SnapshotStore:
+        if self._open_store is None:
+            raise InvalidArgumentError("this catalogue cannot open store URLs; pass a store")
+        return self._open_store(url)
 
     async def _copy(self, snapshot_id: str, target: SnapshotStore) -> CopyReport:
         with track(self._progress, Operation.COPY, snapshot_id) as progress:

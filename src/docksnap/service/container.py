@@ -50,7 +50,7 @@ from docksnap.service.capture import Capture, read_ignore_file
 from docksnap.service.orphans import remove_helpers_of
 from docksnap.service.pause import PauseHold, no_pause, paused
 from docksnap.service.progress import Operation, ProgressHook, track
-from docksnap.service.restore_plan import check_restored_symlinks
+from docksnap.service.restore_plan import ImageLinkGuard, check_restored_symlinks
 from docksnap.service.spool import DEFAULT_SPOOL_LIMIT, read_ahead, spool_directory
 from docksnap.store import SnapshotStore, TarReader
 from docksnap.tarstream import build_dirs_tar
@@ -550,10 +550,21 @@ class Container:
         return volume
 
     async def _merge_into_container(self, restore: SnapshotRestore) -> None:
-        """Extract the snapshot over the created container's own files (the seed's way)."""
+        """Extract the snapshot over the container's own files (the seed's way),
+        never through a symlink those files have (:class:`ImageLinkGuard`)."""
         await self._make_dirs(restore.target)
-        async with self._store.open(restore.snapshot.id) as reader:
-            await self._put(restore.snapshot.id, reader, self.name, restore.target)
+
+        async def stat(path: str) -> dict[str, Any] | None:
+            return await self._docker.stat_path(self.name, path)
+
+        async def put(segment: AsyncIterator[bytes]) -> None:
+            await self._docker.put_archive(self.name, restore.target, segment)
+
+        hook = self._context.progress
+        snapshot_id = restore.snapshot.id
+        async with self._store.open(snapshot_id) as reader:
+            with track(hook, Operation.RESTORE, snapshot_id, reader.size) as progress:
+                await ImageLinkGuard(progress.stream(reader), stat, restore).extract(put)
 
     async def _put(self, snapshot_id: str, reader: TarReader, container: str, path: str) -> None:
         """Stream a snapshot being read into ``path`` of a created container."""

@@ -10,7 +10,7 @@ to this contract. The records a store returns, :class:`SnapshotInfo` and
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -18,6 +18,7 @@ from typing import Protocol
 __all__ = [
     "GcReport",
     "Problem",
+    "Repair",
     "SnapshotInfo",
     "SnapshotSource",
     "SnapshotStore",
@@ -40,13 +41,34 @@ class Problem:
 
 
 @dataclass(frozen=True, slots=True)
+class Repair:
+    """One damaged chunk that ``verify(repair=True)`` rewrote: its hash, where the
+    intact copy came from (a store URL, or a pack or object of this store), and
+    the snapshots that were damaged by it."""
+
+    chunk: str
+    source: str
+    snapshot_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class VerifyReport:
-    """Result of :meth:`SnapshotStore.verify`; ``ok`` when nothing is wrong."""
+    """Result of :meth:`SnapshotStore.verify`; ``ok`` when nothing is wrong.
+
+    ``problems`` is what is wrong when verify returns: with ``repair``, what
+    repair could not fix (re-verified after it); ``repaired`` lists what it fixed.
+    """
 
     snapshots_checked: int
     objects_checked: int
     bytes_checked: int
     problems: tuple[Problem, ...] = ()
+    repaired: tuple[Repair, ...] = ()
+
+    @property
+    def damaged_snapshots(self) -> tuple[str, ...]:
+        """The ids of the snapshots with a problem, sorted (no duplicates)."""
+        return tuple(sorted({p.snapshot_id for p in self.problems if p.snapshot_id}))
 
     @property
     def ok(self) -> bool:
@@ -176,9 +198,21 @@ class SnapshotStore(Protocol):
         ...
 
     async def verify(
-        self, snapshot_id: str | None = None, *, read_data: bool = True
+        self,
+        snapshot_id: str | None = None,
+        *,
+        read_data: bool = True,
+        repair: bool = False,
+        sources: Sequence[SnapshotStore] = (),
     ) -> VerifyReport:
-        """Check one or all snapshots; with ``read_data`` every stored byte is re-hashed."""
+        """Check one or all snapshots; with ``read_data`` every stored byte is re-hashed.
+
+        ``repair`` (needs ``read_data``) rewrites damaged data from an intact copy
+        in this store or in ``sources``, in order; what stays damaged is in the
+        report's ``problems``. A store that cannot repair reports its problems as
+        they are. A transient fault raises
+        :class:`~docksnap.errors.StoreUnavailableError`: it is no verdict on the data.
+        """
         ...
 
     async def gc(self, *, grace: float) -> GcReport:

@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -235,8 +235,15 @@ class VolumeStore:
         await self.get(snapshot_id)
 
     async def verify(
-        self, snapshot_id: str | None = None, *, read_data: bool = True
+        self,
+        snapshot_id: str | None = None,
+        *,
+        read_data: bool = True,
+        repair: bool = False,
+        sources: Sequence[SnapshotStore] = (),
     ) -> VerifyReport:
+        """Check that each snapshot's data volume exists. Nothing here can be
+        repaired (a volume holds the only copy): ``repair`` reports the problems."""
         infos = [await self.get(snapshot_id)] if snapshot_id else await self.list()
         problems = [
             Problem(info.id, data_volume(info.id), "data volume is missing")

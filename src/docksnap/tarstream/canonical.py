@@ -42,7 +42,9 @@ class TarCanonicalizer:
     Parsing is strict (:class:`TarIndexer` with ``strict=True``): an ambiguous
     archive raises :class:`AmbiguousArchiveError`. ``check`` is called with every
     member, in stream order, before any of its bytes are returned, so a raising
-    check keeps the member out of the output. Errors are sticky, as the indexer's.
+    check keeps the member out of the output. Errors are sticky: once :meth:`feed`
+    or :meth:`finish` raised, every later call raises the same error, so a caller
+    that goes on feeding can never get a stream with the refused member left out.
 
     Memory is bounded: no entry list is kept, only the member whose data is being
     copied. Output pieces reference nothing of the input after :meth:`feed` returns.
@@ -56,9 +58,26 @@ class TarCanonicalizer:
         self._pad = 0
         self.members = 0
         self.bytes_out = 0
+        self._error: Exception | None = None
 
     def feed(self, data: bytes | bytearray | memoryview) -> bytes:
         """Parse ``data`` and return the canonical bytes it completes (maybe b"")."""
+        return self._sticky(self._feed, data)
+
+    def finish(self) -> bytes:
+        """Check the stream ended cleanly; return the end-of-archive marker."""
+        return self._sticky(self._finish)
+
+    def _sticky(self, step: Callable[..., bytes], *args: object) -> bytes:
+        if self._error is not None:
+            raise self._error
+        try:
+            return step(*args)
+        except Exception as exc:
+            self._error = exc
+            raise
+
+    def _feed(self, data: bytes | bytearray | memoryview) -> bytes:
         base = self._parser.bytes_seen
         self._parser.feed(data)
         out: list[bytes] = []
@@ -75,8 +94,7 @@ class TarCanonicalizer:
         self.bytes_out += len(piece)
         return piece
 
-    def finish(self) -> bytes:
-        """Check the stream ended cleanly; return the end-of-archive marker."""
+    def _finish(self) -> bytes:
         self._parser.finish()
         self.bytes_out += len(_END_OF_ARCHIVE)
         return _END_OF_ARCHIVE

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from .entry import TarEntry
 from .errors import UnsafeArchiveError
+from .keyset import KeySet, path_key
 
 _DEVICE_TYPES = frozenset({"char", "block", "fifo"})
 # The kernel's limits on a path and on one of its components: the engine cannot
@@ -22,6 +23,11 @@ NAME_MAX = 255
 # value (2**32 becomes 0, root), and 2**32 - 1 means "leave unchanged". Either way
 # the owner a listing shows would not be the owner a restore creates.
 ID_LIMIT = 2**32 - 1
+# The kinds of path kept in one key table: a directory (in the archive, or implied
+# as a member's parent), a symlink (or a hard link to one), any other non-directory.
+_DIR = 1
+_OTHER = 2
+_SYMLINK = 3
 
 
 def check_member_safe(entry: TarEntry, *, allow_devices: bool = False) -> None:
@@ -58,29 +64,38 @@ class TarSafetyChecker:
     A hardlink to such a symlink is itself a symlink (link(2) does not follow it), so
     it is remembered too. Paths are compared after lexical normalization, but a
     ".." after a symlink counts as going through it, as the kernel resolves it.
+
+    Symlinks are remembered as keys of ~12 bytes (:class:`~.keyset.KeySet`), not as
+    path strings, so ten million of them take ~120 MB whatever their lengths; a
+    key collision can only refuse a safe member, never pass an unsafe one. ``paths``
+    shares a table with a caller that keeps other kinds of path in it.
     """
 
-    def __init__(self, *, allow_devices: bool = False) -> None:
+    def __init__(self, *, allow_devices: bool = False, paths: KeySet | None = None) -> None:
         self._allow_devices = allow_devices
-        self._symlinks: set[str] = set()
+        self._paths = KeySet() if paths is None else paths
+
+    def is_symlink(self, resolved: str) -> bool:
+        """Whether the archive made ``resolved`` (normalized) a symlink so far."""
+        return path_key(resolved, _SYMLINK) in self._paths
 
     def check(self, entry: TarEntry) -> None:
         """Raise :class:`UnsafeArchiveError` if ``entry`` is unsafe given earlier ones."""
         check_member_safe(entry, allow_devices=self._allow_devices)
         resolved = self._resolve(entry.path, entry.path, "path")
         if entry.type == "symlink":
-            self._symlinks.add(resolved)
+            self._paths.add(path_key(resolved, _SYMLINK))
         elif entry.type == "hardlink":
             target = self._resolve(entry.link, entry.path, "hardlink target")
-            if target in self._symlinks:
-                self._symlinks.add(resolved)
+            if self.is_symlink(target):
+                self._paths.add(path_key(resolved, _SYMLINK))
 
     def _resolve(self, path: str, member: str, what: str) -> str:
         prefixes: list[str] = []
         for part in path.split("/"):
             if part in ("", "."):
                 continue
-            if prefixes and prefixes[-1] in self._symlinks:
+            if prefixes and self.is_symlink(prefixes[-1]):
                 raise UnsafeArchiveError(
                     member, f"{what} {path!r} goes through symlink {prefixes[-1]!r}"
                 )
@@ -123,25 +138,34 @@ class RestorableChecker:
     On top of :class:`TarSafetyChecker` (which it runs first), refuses: a member of a
     type the engine does not extract ("other": unknown type flags, '7', 'X'); a hard
     link whose target is not a non-directory member earlier in the archive (the
-    engine's ``link(2)`` needs it on disk); a non-directory where the archive
-    created a directory, or a directory where it created a non-directory (restores
-    send ``noOverwriteDirNonDir``); a member under a path the archive created
-    as a non-directory; and a relative symlink whose target climbs above the
+    engine's ``link(2)`` needs it on disk), or is the link itself (the engine
+    removes the path before linking it, so the target is gone: in a merge restore
+    the container's own file goes with it); a non-directory where the archive
+    created a directory, explicitly or as the parent of an earlier member (the
+    engine creates missing parents), or a directory where it created a
+    non-directory (restores send ``noOverwriteDirNonDir``); a member under a path
+    the archive created as a non-directory; a symlink with an empty target
+    (symlink(2) refuses it); and a relative symlink whose target climbs above the
     archive root (the engine refuses it as "invalid symlink" into any directory
     but "/"; absolute targets are fine, they resolve inside the container). Checked
     first: a path or link longer than the kernel allows (which also keeps the
     prefix walks below linear in the archive's size), and a uid or gid that the
     engine's lchown(2) would truncate, possibly to root.
 
-    Paths are remembered as 64-bit keyed hashes of their normalized form, about 60
-    bytes each, not as strings: a collision (odds ~n²/2⁶⁴) can only make a valid
-    archive refused, or let one through that the engine then refuses.
+    Paths are remembered as keys in one :class:`~.keyset.KeySet` shared with the
+    :class:`TarSafetyChecker`, ~12 bytes a path (directories, the parents they
+    imply, symlinks, the rest), not as strings: a key collision (odds ~n²/2⁶²)
+    can only make a valid archive refused, or let one through that the engine
+    then refuses.
     """
 
     def __init__(self, *, allow_devices: bool = False) -> None:
-        self._safety = TarSafetyChecker(allow_devices=allow_devices)
-        self._dirs: set[int] = set()
-        self._others: set[int] = set()
+        self._paths = KeySet()
+        self._safety = TarSafetyChecker(allow_devices=allow_devices, paths=self._paths)
+
+    def _is_other(self, normalized: str) -> bool:
+        """Whether the archive made ``normalized`` a non-directory so far."""
+        return path_key(normalized, _OTHER) in self._paths or self._safety.is_symlink(normalized)
 
     def check(self, entry: TarEntry) -> None:
         """Raise :class:`UnsafeArchiveError` naming ``entry`` if it cannot be restored."""
@@ -152,31 +176,37 @@ class RestorableChecker:
             raise UnsafeArchiveError(path, "a type flag the engine does not extract")
         parts = _components(path) or []
         for end in range(1, len(parts)):
-            if hash("/".join(parts[:end])) in self._others:
-                parent = "/".join(parts[:end])
+            parent = "/".join(parts[:end])
+            if self._is_other(parent):
                 raise UnsafeArchiveError(path, f"its parent {parent!r} is not a directory")
+            # The engine creates a missing parent as a directory (MkdirAll).
+            self._paths.add(path_key(parent, _DIR))
+        normalized = "/".join(parts)
         if entry.type == "symlink":
             _check_symlink_target(entry, parts)
         elif entry.type == "hardlink":
-            self._check_hardlink_target(entry)
-        self._remember(entry, hash("/".join(parts)))
+            self._check_hardlink_target(entry, normalized)
+        self._remember(entry, normalized)
 
-    def _check_hardlink_target(self, entry: TarEntry) -> None:
+    def _check_hardlink_target(self, entry: TarEntry, normalized: str) -> None:
         target = "/".join(_components(entry.link) or [])
-        if hash(target) not in self._others:
+        if target == normalized:
+            raise UnsafeArchiveError(entry.path, f"hard link to itself ({entry.link!r})")
+        if not self._is_other(target):
             raise UnsafeArchiveError(
                 entry.path, f"hard link to {entry.link!r}, which no earlier member created"
             )
 
-    def _remember(self, entry: TarEntry, key: int) -> None:
+    def _remember(self, entry: TarEntry, normalized: str) -> None:
         if entry.type == "dir":
-            if key in self._others:
+            if self._is_other(normalized):
                 raise UnsafeArchiveError(entry.path, "a directory replaces a non-directory")
-            self._dirs.add(key)
+            self._paths.add(path_key(normalized, _DIR))
         else:
-            if key in self._dirs:
+            if path_key(normalized, _DIR) in self._paths:
                 raise UnsafeArchiveError(entry.path, f"a {entry.type} replaces a directory")
-            self._others.add(key)
+            if not self._safety.is_symlink(normalized):  # one key per path is enough
+                self._paths.add(path_key(normalized, _OTHER))
 
 
 def _check_kernel_limits(entry: TarEntry) -> None:
@@ -198,6 +228,8 @@ def _check_kernel_limits(entry: TarEntry) -> None:
 
 
 def _check_symlink_target(entry: TarEntry, parts: list[str]) -> None:
+    if not entry.link:
+        raise UnsafeArchiveError(entry.path, "empty symlink target")
     # moby joins a relative target to the link's directory and refuses the member
     # ("invalid symlink") when that leaves the extraction directory.
     if entry.link.startswith("/"):

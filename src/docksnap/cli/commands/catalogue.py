@@ -353,14 +353,23 @@ async def reap_orphans_if_engine(client: Client, grace: float) -> OrphanReport:
         return OrphanReport()
 
 
-def _verify_lines(report: VerifyReport) -> list[str]:
+def _verify_lines(report: VerifyReport) -> tuple[list[str], list[str]]:
+    """All lines, and the problem lines alone (for ``--quiet``)."""
+    repaired = [
+        f"repaired chunk {r.chunk} of {', '.join(r.snapshot_ids)} from {r.source}"
+        for r in report.repaired
+    ]
     problems = [f"{p.snapshot_id or '-'}  {p.object}: {p.detail}" for p in report.problems]
     summary = (
         f"checked {report.snapshots_checked} snapshot(s), {report.objects_checked} "
         f"object(s), {render.size(report.bytes_checked)}: "
     )
     verdict = "no problems" if report.ok else f"{len(report.problems)} problem(s)"
-    return [*problems, summary + verdict]
+    if report.repaired:
+        verdict = f"repaired {len(report.repaired)} chunk(s), " + verdict
+    if report.damaged_snapshots:
+        verdict += "; damaged: " + ", ".join(report.damaged_snapshots)
+    return [*repaired, *problems, summary + verdict], problems
 
 
 @click.command()
@@ -370,24 +379,49 @@ def _verify_lines(report: VerifyReport) -> list[str]:
     is_flag=True,
     help="Check that objects exist, without reading and hashing them.",
 )
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="Rewrite damaged chunks from an intact copy in this store or a --from store.",
+)
+@click.option(
+    "--from",
+    "sources",
+    multiple=True,
+    metavar="URL",
+    help="A store to take intact chunks from with --repair (repeatable, tried in order).",
+)
 @output_options
 @pass_app
-def verify(app: App, snapshot_id: str | None, no_read_data: bool) -> None:
-    """Check snapshots' data; exit 12 if anything is wrong.
+def verify(
+    app: App, snapshot_id: str | None, no_read_data: bool, repair: bool, sources: tuple[str, ...]
+) -> None:
+    """Check snapshots' data; exit 12 if anything is (still) wrong.
 
-    Without ID, every snapshot. Each problem is listed.
+    Without ID, every snapshot. Each problem is listed. A chunk found damaged is
+    quarantined, so the next snapshot of the same data stores it afresh. With
+    --repair, each damaged chunk is rewritten from an intact copy (another pack or
+    object of this store, else each --from store in turn); the snapshots still
+    damaged afterwards are named.
 
     \b
     Example:
       docksnap verify || echo "the store is damaged"
+      docksnap verify --repair --from s3://backup/docksnap
     """
+    if sources and not repair:
+        raise click.UsageError("--from needs --repair")
+    if repair and no_read_data:
+        raise click.UsageError("--repair reads the data; drop --no-read-data")
 
     async def body(client: Client, meter: Meter) -> Result:
         target = None if snapshot_id is None else await refs.snapshot_id(client, snapshot_id)
-        report = await client.snapshots.verify(target, read_data=not no_read_data)
-        lines = _verify_lines(report)
+        report = await client.snapshots.verify(
+            target, read_data=not no_read_data, repair=repair, sources=sources
+        )
+        lines, problems = _verify_lines(report)
         code = ExitCode.OK if report.ok else ExitCode.PROBLEMS_FOUND
-        return Result(shapes.verify(report), lines, lines[:-1], code)
+        return Result(shapes.verify(report), lines, problems, code)
 
     app.run(body)
 

@@ -56,6 +56,12 @@ from docksnap.store.objects import ObjectInfo, ObjectNotFoundError, ObjectStore
 
 log = logging.getLogger(__name__)
 
+# Owners of the gc leases this process holds right now. A lease naming this
+# process but no running owner belongs to a gc that ended without deleting it
+# (its connection died mid-release): it is as dead as a killed process's.
+_RUNNING: set[str] = set()
+_RUNNING_LOCK = threading.Lock()
+
 
 def store_now(objects: ObjectStore) -> float:
     """The store's current time: the mtime of an object written now.
@@ -123,6 +129,8 @@ class Collector:
         deleting anything if a manifest cannot be read: its references are unknown.
         """
         self._acquire_lease()
+        with _RUNNING_LOCK:
+            _RUNNING.add(self._owner)
         stop = threading.Event()
         refresher = threading.Thread(
             target=self._keep_lease, args=(stop,), name="docksnap-gc-lease", daemon=True
@@ -141,6 +149,8 @@ class Collector:
         finally:
             stop.set()
             refresher.join()
+            with _RUNNING_LOCK:
+                _RUNNING.discard(self._owner)
             self._release_lease()
 
     def _keep_lease(self, stop: threading.Event) -> None:
@@ -288,7 +298,7 @@ class Collector:
             # The holder died without releasing it. Two gcs breaking the same stale
             # lease at once could both proceed; the lease time makes that a
             # once-in-hours event, and two gcs only race on trash purges.
-            log.warning("breaking stale gc lease of %s (%.0f s old)", holder, age)
+            log.warning("breaking stale gc lease of %s (%.0f s old)", holder, age or 0.0)
             self._objects.delete(GC_LOCK_KEY)
             if self._objects.put_if_absent(GC_LOCK_KEY, lease):
                 return
@@ -324,11 +334,15 @@ class Collector:
 
 def _dead_here(owner: str) -> bool:
     """Whether a lease ``owner`` (``host:pid:tag``) is a process of this host that
-    no longer exists: its lease can be broken at once instead of after it expires."""
+    no longer exists, or a gc of this process that has ended: its lease can be
+    broken at once instead of after it expires."""
     host, _, rest = owner.partition(":")
     pid_text = rest.partition(":")[0]
     if host != socket.gethostname() or not pid_text.isdigit():
         return False
+    if int(pid_text) == os.getpid():
+        with _RUNNING_LOCK:
+            return owner not in _RUNNING
     try:
         os.kill(int(pid_text), 0)
     except ProcessLookupError:

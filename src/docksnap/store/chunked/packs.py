@@ -362,6 +362,16 @@ class LayeredIndex:
                 return where
             excluded = excluded | {where.pack_id}
 
+    def copies(self, digest: bytes) -> list[Location]:
+        """Every stored copy of ``digest``, quarantined ones included (for repair)."""
+        found: list[Location] = []
+        for layer in (self.recent, self.base):
+            seen: frozenset[str] = frozenset()
+            while (where := layer.find(digest, seen)) is not None:
+                found.append(where)
+                seen |= {where.pack_id}
+        return found
+
     def locations(self) -> Iterator[tuple[bytes, Location]]:
         yield from self.base.locations()
         yield from self.recent.locations()

@@ -11,16 +11,23 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager
 from typing import ParamSpec, TypeVar
 
 import msgspec
 
-from docksnap.errors import SnapshotCorruptError, SnapshotNotFoundError, StoreError
+from docksnap.errors import (
+    InvalidArgumentError,
+    SnapshotCorruptError,
+    SnapshotNotFoundError,
+    StoreError,
+    StoreUnavailableError,
+)
 from docksnap.model import DirectorySnapshot
 from docksnap.store.base import (
     CopyReport,
@@ -85,6 +92,7 @@ from docksnap.store.chunked.reader import (
     PackFetcher,
 )
 from docksnap.store.chunked.records import Records, info_from_header
+from docksnap.store.chunked.repair import IntactCopy, Repairer
 from docksnap.store.chunked.transfer import ChunkCopier, PackCopier
 from docksnap.store.chunked.verify import Verifier
 from docksnap.store.chunked.writer import (
@@ -97,7 +105,7 @@ from docksnap.store.chunked.writer import (
     StreamWriter,
 )
 from docksnap.store.copy import stream_copy
-from docksnap.store.objects import ObjectStore
+from docksnap.store.objects import ObjectNotFoundError, ObjectStore
 from docksnap.tarstream import TarEntry
 
 log = logging.getLogger(__name__)
@@ -438,11 +446,36 @@ class ChunkedStore:
         await self._control_call(self._touch, snapshot_id, when)
 
     async def verify(
-        self, snapshot_id: str | None = None, *, read_data: bool = True
+        self,
+        snapshot_id: str | None = None,
+        *,
+        read_data: bool = True,
+        repair: bool = False,
+        sources: Sequence[SnapshotStore] = (),
     ) -> VerifyReport:
         """Check one snapshot or all. ``read_data``: fetch, decode and hash every chunk,
-        and the whole stream's digest; otherwise check that every chunk exists."""
-        return await self._control_call(self._verify, snapshot_id, read_data)
+        and the whole stream's digest; otherwise check that every chunk exists.
+
+        A chunk found damaged in a pack is quarantined (docs/FORMAT.md): the next
+        save of its data stores it afresh. ``repair`` (needs ``read_data``) then
+        rewrites each damaged chunk from an intact copy in this store or in
+        ``sources`` (chunked stores, tried in order; see :mod:`.repair`) and
+        re-verifies the snapshots that were damaged: ``problems`` is what is still
+        wrong, ``repaired`` what was fixed. Idempotent. Transient faults raise
+        :class:`~docksnap.errors.StoreUnavailableError` and are never taken for damage.
+        """
+        if repair and not read_data:
+            raise InvalidArgumentError("repair needs the data read (read_data=True)")
+        chunk_sources: builtins.list[ChunkedStore] = []
+        for source in sources:
+            if not isinstance(source, ChunkedStore):
+                raise InvalidArgumentError(
+                    f"cannot repair from {source.url}: only a chunked store can be a source"
+                )
+            chunk_sources.append(source)
+        return await self._control_call(
+            self._verify, snapshot_id, read_data, chunk_sources if repair else None
+        )
 
     async def gc(self, *, grace: float) -> GcReport:
         """Reclaim unreferenced chunks (via the trash), orphan indexes, use records and
@@ -664,16 +697,73 @@ class ChunkedStore:
 
     # --- verify / gc / stats ---------------------------------------------------------------
 
-    def _verify(self, snapshot_id: str | None, read_data: bool) -> VerifyReport:
+    def _verify(
+        self,
+        snapshot_id: str | None,
+        read_data: bool,
+        repair_from: builtins.list[ChunkedStore] | None,
+    ) -> VerifyReport:
         if snapshot_id is not None:
             self._records.manifest(snapshot_id, VersionProbe)  # unknown id → NotFound
             ids = [snapshot_id]
         else:
             ids = self._records.snapshot_ids()
-        verifier = Verifier(
+        verifier = self._verifier()
+        report = verifier.run(ids, read_data=read_data)
+        if repair_from is None or report.ok:
+            return report
+        repairer = Repairer(
+            self._objects,
+            _Here(self),
+            [_Here(source) for source in repair_from],
+            pack_size=self._pack_size,
+            lease_ttl=self._lease_ttl,
+        )
+        repaired = repairer.run(builtins.list(verifier.damaged.values()))
+        # Re-verify what was damaged: the report says what is wrong *now*.
+        again = self._verifier().run(report.damaged_snapshots, read_data=True)
+        return dataclasses.replace(report, problems=again.problems, repaired=tuple(repaired))
+
+    def _verifier(self) -> Verifier:
+        return Verifier(
             self._records, self._get_pools().io, self._fetcher, self._present, self._quarantine
         )
-        return verifier.run(ids, read_data=read_data)
+
+    def _intact_copy(self, ref: ChunkRef, *, quarantine: bool) -> IntactCopy | None:
+        """An intact stored copy of ``ref`` in this store: a pack copy not pending
+        deletion, else ``chunks/``, else ``trash/``. With ``quarantine``, pack copies
+        found damaged or gone are quarantined on the way. Other read errors skip a
+        copy without judging it; transient ones (StoreUnavailableError) raise."""
+        digest = bytes.fromhex(ref.hash)
+        index = self._get_index_cache().refresh()
+        pending = pending_packs(self._objects)
+        for where in index.copies(digest):
+            if where.pack_id in pending or (digest, where.pack_id) in index.quarantined:
+                continue
+            try:
+                blob = self._objects.get_range(pack_key(where.pack_id), where.offset, where.stored)
+            except ObjectNotFoundError:
+                blob = None
+            except StoreUnavailableError:
+                raise
+            except StoreError:
+                continue
+            if blob is not None and _intact(blob, ref):
+                return IntactCopy(bytes(blob), f"pack {where.pack_id}", in_pack=True)
+            if quarantine:
+                self._objects.put(quarantine_key(digest, where.pack_id), b"{}")
+        for key in (chunk_key(ref.hash), trash_key(ref.hash)):
+            try:
+                blob = self._objects.get(key)
+            except ObjectNotFoundError:
+                continue
+            except StoreUnavailableError:
+                raise
+            except StoreError:
+                continue
+            if _intact(blob, ref):
+                return IntactCopy(blob, key)
+        return None
 
     def _quarantine(self, manifest: Manifest, ref: ChunkRef) -> str:
         """After verify found ``ref`` bad: if its stored copy is damaged (checked again,
@@ -757,6 +847,27 @@ class ChunkedStore:
                 "unreferenced_bytes": sum(orphans.values()),
             },
         )
+
+
+class _Here:
+    """A chunked store as a repair's :class:`~.repair.ChunkSource`."""
+
+    def __init__(self, store: ChunkedStore) -> None:
+        self._store = store
+
+    @property
+    def url(self) -> str:
+        return self._store.url
+
+    def intact_copy(self, ref: ChunkRef, *, quarantine: bool) -> IntactCopy | None:
+        return self._store._intact_copy(ref, quarantine=quarantine)
+
+
+def _intact(stored: bytes | memoryview, ref: ChunkRef) -> bool:
+    try:
+        return hash_hex(decode_chunk(stored, ref.length)) == ref.hash
+    except ChunkDecodeError:
+        return False
 
 
 def _stored_sizes(objects: ObjectStore, index: LayeredIndex) -> dict[str, int]:

@@ -2,6 +2,13 @@
 
 Unlike a read, verification does not stop at the first bad chunk: it reports each
 one as a :class:`~docksnap.store.base.Problem` naming the snapshot and the chunk.
+
+What counts as damage: bytes that do not decode or hash to their name, an object
+that is definitely not there, and an object the backend refuses to read with a
+lasting error (a local disk's EIO). A transient fault that outlived the retries
+(:class:`StoreUnavailableError`: a reset connection, S3 503s) says nothing about
+the data: verification stops and raises it, and reports (and quarantines)
+nothing on its account. Only decode and hash failures are quarantined.
 """
 
 from __future__ import annotations
@@ -13,7 +20,12 @@ from dataclasses import dataclass, field
 
 import blake3
 
-from docksnap.errors import SnapshotCorruptError, SnapshotNotFoundError, StoreError
+from docksnap.errors import (
+    SnapshotCorruptError,
+    SnapshotNotFoundError,
+    StoreError,
+    StoreUnavailableError,
+)
 from docksnap.store.base import Problem, VerifyReport
 from docksnap.store.chunked.format import (
     PER_FILE_MANIFEST,
@@ -44,8 +56,20 @@ class _Tally:
         )
 
 
+@dataclass(slots=True)
+class DamagedChunk:
+    """A chunk verify could not read intact, and the snapshots (id → manifest
+    version) whose streams need it: what a repair must rewrite, and where."""
+
+    ref: ChunkRef
+    snapshots: dict[str, int] = field(default_factory=dict)
+
+
 class Verifier:
-    """Checks manifests, their indexes and chunks. Runs on a control thread."""
+    """Checks manifests, their indexes and chunks. Runs on a control thread.
+
+    After :meth:`run`, :attr:`damaged` holds every chunk it found damaged, by hash.
+    """
 
     def __init__(
         self,
@@ -61,6 +85,7 @@ class Verifier:
         self._fetcher_for = fetcher_for
         self._present_for = present_for
         self._on_damaged = on_damaged
+        self.damaged: dict[str, DamagedChunk] = {}
 
     def run(self, snapshot_ids: Iterable[str], *, read_data: bool) -> VerifyReport:
         tally = _Tally()
@@ -82,8 +107,7 @@ class Verifier:
         except SnapshotNotFoundError:
             return None  # deleted since it was listed
         except (SnapshotCorruptError, StoreError) as exc:
-            detail = exc.detail if isinstance(exc, SnapshotCorruptError) else str(exc)
-            tally.problems.append(Problem(snapshot_id, f"manifests/{snapshot_id}", detail))
+            tally.problems.append(Problem(snapshot_id, f"manifests/{snapshot_id}", _damage(exc)))
             return None
 
     def _check_index(self, manifest: Manifest, read_data: bool, tally: _Tally) -> None:
@@ -97,8 +121,8 @@ class Verifier:
             return
         try:
             self._records.index_bytes(manifest.id, ref)
-        except SnapshotCorruptError as exc:
-            tally.problems.append(Problem(manifest.id, ref.key, exc.detail))
+        except (SnapshotCorruptError, StoreError) as exc:
+            tally.problems.append(Problem(manifest.id, ref.key, _damage(exc)))
 
     def _check_presence(self, manifest: Manifest, tally: _Tally) -> None:
         unique = sorted({ref.hash for ref in manifest.chunks})
@@ -126,6 +150,8 @@ class Verifier:
                 tally.objects += 1
                 if data is None:
                     intact = False
+                    damaged = self.damaged.setdefault(ref.hash, DamagedChunk(ref))
+                    damaged.snapshots[manifest.id] = manifest.version
                     detail = problem or "unreadable"
                     if self._on_damaged is not None:
                         detail += self._on_damaged(manifest, ref)
@@ -150,6 +176,16 @@ def _check_group(fetcher: Fetcher, refs: Sequence[ChunkRef]) -> _Checked:
     for ref in refs:
         try:
             checked.append((ref, fetcher.fetch(ref), None))
-        except SnapshotCorruptError as exc:
-            checked.append((ref, None, exc.detail))
+        except (SnapshotCorruptError, StoreError) as exc:
+            checked.append((ref, None, _damage(exc)))
     return checked
+
+
+def _damage(exc: SnapshotCorruptError | StoreError) -> str:
+    """The problem to report for a failed read; re-raises a transient fault, which
+    is no verdict on the data (and must never quarantine a good copy)."""
+    if isinstance(exc, StoreUnavailableError):
+        raise exc
+    if isinstance(exc, SnapshotCorruptError):
+        return exc.detail
+    return f"unreadable: {exc}"
