@@ -284,10 +284,11 @@ class RestoreCache:
         name = CACHE_VOLUME_PREFIX + uuid.uuid4().hex
         fields = {lbl.SNAPSHOT_ID: snapshot_id, lbl.CACHE_STORE: self._store_key}
         fields.update(lbl.creator_fields())
-        await self._docker.create_volume(
-            name, lbl.make_labels(lbl.Role.CACHE, self._labels, fields)
-        )
         try:
+            # Inside the try: a volume the engine made but whose answer was lost goes too.
+            await self._docker.create_volume(
+                name, lbl.make_labels(lbl.Role.CACHE, self._labels, fields)
+            )
             mountpoint = await self._visible_mountpoint(name)
             if mountpoint is None:
                 self._unusable = "the engine's volume directories are not visible on this host"
