@@ -12,12 +12,17 @@ from docksnap.service.client import Client
 
 @click.group("cache")
 def cache() -> None:
-    """The restore cache: snapshots materialized on this host for instant restores.
+    """List and clear this host's restore cache.
 
     `run` fills an entry at a snapshot's first restore and mounts a
     copy-on-write view of it for every restore after (see docs/CACHE.md).
     Size limit: DOCKSNAP_CACHE_SIZE (default 10GiB); least recently used
     entries no container reads are evicted.
+
+    \b
+    Example:
+      docksnap cache ls
+      docksnap cache prune
     """
 
 
