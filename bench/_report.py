@@ -268,13 +268,6 @@ WARM_GROWTH_REQUIRED = "<= 2.00"
 
 def evaluate(results: Results) -> list[Target]:
     targets = []
-    growth = _warm_restore_growth(results)
-    name = f"warm_restore {HUGE} <= 2 x {LARGE}"
-    targets.append(
-        Target(name, HUGE, None, WARM_GROWTH_REQUIRED, None, "not run")
-        if growth is None
-        else Target(name, HUGE, growth[0], WARM_GROWTH_REQUIRED, growth[0] <= 2.0, growth[1])
-    )
     for spec in TARGETS:
         for dataset in spec.datasets:
             got = spec.measure(results.get(dataset, {}))
@@ -283,6 +276,13 @@ def evaluate(results: Results) -> list[Target]:
                 continue
             value, detail = got
             targets.append(Target(spec.name, dataset, value, spec.required, spec.ok(value), detail))
+    growth = _warm_restore_growth(results)
+    name = f"warm_restore {HUGE} <= 2 x {LARGE}"
+    targets.append(
+        Target(name, HUGE, None, WARM_GROWTH_REQUIRED, None, "not run")
+        if growth is None
+        else Target(name, HUGE, growth[0], WARM_GROWTH_REQUIRED, growth[0] <= 2.0, growth[1])
+    )
     return targets
 
 
