@@ -24,6 +24,7 @@ from docksnap import labels as lbl
 from docksnap.service.restore_cache import CacheEntry
 from docksnap.store.base import TarReader
 from tests.conftest import SESSION_LABELS, TEST_IMAGE, read_file, sleeper, unique_name
+from tests.integration.test_cli import Cli
 
 pytestmark = pytest.mark.docker
 
@@ -300,3 +301,35 @@ async def test_remove_refuses_an_entry_in_use_and_prune_keeps_it(
     with pytest.raises(docksnap.CacheEntryNotFoundError, match=snap.id):
         await cached.cache.remove(snap.id)
     assert await cached.docker.inspect_volume(entry.name) is None
+
+
+def test_cache_commands_list_refuse_remove_and_prune(docker_engine: None, tmp_path: Path) -> None:
+    cli = Cli((tmp_path / "store").as_uri())
+    try:
+        box = cli.run_box("mkdir /d && echo x > /d/f")
+        snapshot_id = cli.snapshot(box, "/d")["snapshot"]["id"]
+        name = unique_name("ds-cache-cli")
+        cli.containers.append(name)
+        cli("run", TEST_IMAGE, "--name", name, "--restore", snapshot_id, "--", "sleep", "1000")
+        [entry] = [e for e in cli.json("cache", "ls") if e["snapshot_id"] == snapshot_id]
+        assert entry["complete"]
+        assert entry["in_use"]
+        assert entry["size"] == cli.json("show", snapshot_id)["snapshot"]["size"]
+        refused = cli.json("cache", "rm", snapshot_id, code=4)["error"]
+        assert refused["type"] == "CacheEntryInUseError"
+        assert entry["name"] in refused["message"]
+        assert entry["name"] not in cli.json("cache", "prune")["removed"]  # in use: kept
+        cli("rm-container", name)
+        assert cli.json("cache", "rm", snapshot_id) == {"removed": [entry["name"]]}
+        missing = cli.json("cache", "rm", snapshot_id, code=6)["error"]
+        assert missing["type"] == "CacheEntryNotFoundError"
+        # --restore-cache off fills nothing; the next default run fills a new entry.
+        cli("run", TEST_IMAGE, "--name", name, "--restore", snapshot_id, "--restore-cache", "off")
+        assert [e for e in cli.json("cache", "ls") if e["snapshot_id"] == snapshot_id] == []
+        cli("rm-container", name)
+        cli("run", TEST_IMAGE, "--name", name, "--restore", snapshot_id)
+        cli("rm-container", name)
+        [again] = [e for e in cli.json("cache", "ls") if e["snapshot_id"] == snapshot_id]
+        assert again["name"] in cli.json("cache", "prune")["removed"]
+    finally:
+        cli.cleanup()
