@@ -222,6 +222,10 @@ class SyncCache(_Proxy):
     evict = _blocking(RestoreCache.evict)
     view = _blocking(RestoreCache.view)
 
+    def disable(self, reason: str) -> None:
+        """As :meth:`RestoreCache.disable` (no engine call)."""
+        self._inner.disable(reason)
+
     def unusable_reason(self) -> str | None:
         """As :meth:`RestoreCache.unusable_reason` (no engine call)."""
         return self._inner.unusable_reason()

@@ -21,6 +21,7 @@ import pytest
 
 import docksnap
 from docksnap import labels as lbl
+from docksnap.service import restore_cache
 from docksnap.service.restore_cache import CacheEntry
 from docksnap.store.base import TarReader
 from tests.conftest import SESSION_LABELS, TEST_IMAGE, read_file, sleeper, unique_name
@@ -333,3 +334,27 @@ def test_cache_commands_list_refuse_remove_and_prune(docker_engine: None, tmp_pa
         assert again["name"] in cli.json("cache", "prune")["removed"]
     finally:
         cli.cleanup()
+
+
+async def test_a_view_the_engine_cannot_mount_falls_back_to_streaming(
+    cached: docksnap.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where overlay mounts fail (a data root on overlayfs, an old kernel), "auto"
+    streams. The failure is made real: the view names a lower directory that does
+    not exist, and the engine's mount at start fails."""
+    snap = await _snapshot(cached, "echo s > s")
+
+    prepare = restore_cache._prepare_upper
+
+    def broken(tree: str, upper_volume: str) -> str:
+        prepared = prepare(tree, upper_volume)
+        return prepared.replace(f"lowerdir={tree}", f"lowerdir={tree}-missing")
+
+    monkeypatch.setattr(restore_cache, "_prepare_upper", broken)
+    box = _box(cached)
+    await box.start(TEST_IMAGE, entrypoint=sleeper(), snapshots=[snap])
+    assert await read_file(cached, box.name, "/work/s") == b"s\n"
+    assert lbl.UPPER not in (await _restore_volume(cached, box))["Labels"]
+    assert "could not mount" in (cached.cache.unusable_reason() or "")
+    # Nothing of the failed attempt is left: only the streamed volume is the box's.
+    assert len(await cached.docker.list_volumes({lbl.OWNER: box.name})) == 1

@@ -207,28 +207,48 @@ class Container:
                 await cs.refuse_as_directory_snapshot(self._store, restore.snapshot)
             if container_snapshot is not None:
                 await self._store.get(container_snapshot.id)
-            try:
-                if container_snapshot is not None:
-                    config["Image"] = await cs.image_with_snapshot(
-                        self._context, image, container_snapshot, owner=self.name
+            cached = use_cache == "auto"
+            while True:
+                try:
+                    if container_snapshot is not None:
+                        config["Image"] = await cs.image_with_snapshot(
+                            self._context, image, container_snapshot, owner=self.name
+                        )
+                    await self._create_with_restores(
+                        image, config, restores, run.labels, cached=cached
                     )
-                await self._create_with_restores(
-                    image, config, restores, run.labels, cached=use_cache == "auto"
-                )
-                await self._docker.start_container(self.name)
-            except BaseException as exc:
-                await asyncio.shield(self._remove_everything())
-                if isinstance(exc, DockerError) and exc.operation == "start container":
-                    raise ContainerStartError(
-                        self.name,
-                        f"container {self.name!r} failed to start: {exc.message}"
-                        + _network_advice(exc.message),
-                    ) from exc
-                raise
+                    await self._docker.start_container(self.name)
+                    break
+                except BaseException as exc:
+                    await asyncio.shield(self._remove_everything())
+                    if not (cached and _overlay_refused(exc)):
+                        error = self._start_error(exc)
+                        if error is None:
+                            raise
+                        raise error from exc
+                    # The kernel or engine refused the overlay (e.g. a data root on
+                    # overlayfs): this host cannot mount views, so stream, as "auto" says.
+                    cached = False
+                    self._disable_cache(str(exc))
             self.running = True
         await self._record_use(ids)
         if use_cache == "auto" and any(not r.merge for r in restores):
             await self._evict_cache()
+
+    def _start_error(self, exc: BaseException) -> ContainerStartError | None:
+        """The engine's refusal to start, in docksnap's terms (None: not a start error)."""
+        if isinstance(exc, DockerError) and exc.operation == "start container":
+            return ContainerStartError(
+                self.name,
+                f"container {self.name!r} failed to start: {exc.message}"
+                + _network_advice(exc.message),
+            )
+        return None
+
+    def _disable_cache(self, reason: str) -> None:
+        if self._context.cache is not None:
+            log.warning("restore cache views cannot be mounted here, streaming: %s", reason)
+            self._context.cache.disable(f"the engine could not mount a view: {reason}")
 
     async def _evict_cache(self) -> None:
         """Keep the restore cache within its limit. Best effort, as ``_record_use``:
@@ -680,6 +700,16 @@ def _plan_restores(items: Iterable[DirectorySnapshot | SnapshotRestore]) -> list
         raise InvalidArgumentError(f"two snapshots restore to the same mount point: {duplicates}")
     # Parent first: depth order, stable for equal depths.
     return sorted(restores, key=lambda r: 0 if r.target == "/" else r.target.count("/"))
+
+
+def _overlay_refused(exc: BaseException) -> bool:
+    """Whether a start failed because the engine could not mount a local-driver volume
+    (the only kind with mount options docksnap makes is a restore cache view)."""
+    return (
+        isinstance(exc, DockerError)
+        and exc.operation == "start container"
+        and "failed to mount local volume" in exc.message
+    )
 
 
 def _network_advice(engine_message: str) -> str:

@@ -70,6 +70,7 @@ from docksnap.errors import (
     SnapshotCorruptError,
 )
 from docksnap.process import creator_alive
+from docksnap.service.catalogue import DEFAULT_GC_GRACE
 from docksnap.service.orphans import remove_helpers_of
 from docksnap.service.progress import Operation, ProgressHook, track
 from docksnap.store import SnapshotStore
@@ -182,10 +183,11 @@ class RestoreCache:
             raise CacheEntryInUseError(busy[0].name, busy[0].snapshot_id)
         return removed
 
-    async def prune(self, *, grace: float = 0.0) -> builtins.list[str]:
+    async def prune(self, *, grace: float = DEFAULT_GC_GRACE) -> builtins.list[str]:
         """Remove every entry not in use: complete ones, and incomplete ones whose
         filling process is gone (or, when this host cannot tell, older than
-        ``grace`` seconds). Returns the names removed. Idempotent."""
+        ``grace`` seconds: it may be filling on another host). Returns the names
+        removed. Idempotent."""
         removed = []
         for entry in await self.list():
             if entry.in_use:
@@ -197,7 +199,12 @@ class RestoreCache:
         return removed
 
     async def reap(self, *, grace: float) -> builtins.list[str]:
-        """Remove the entries whose fill died (``gc``): incomplete and abandoned."""
+        """Remove the entries whose fill died (``gc``): incomplete and abandoned.
+
+        Nothing where this host cannot see the entries' files: completeness is
+        unknown there, and a complete entry is not an orphan."""
+        if self.unusable_reason() is not None:
+            return []
         removed = []
         for entry in await self.list():
             if entry.complete or entry.in_use:
@@ -235,6 +242,11 @@ class RestoreCache:
         if os.geteuid() != 0:
             return "not root: the engine's volume directories are not writable"
         return None
+
+    def disable(self, reason: str) -> None:
+        """Stream every later restore of this client (``reason`` is logged and
+        returned by :meth:`unusable_reason`): views cannot be mounted here."""
+        self._unusable = reason
 
     async def view(self, snapshot_id: str, *, image: str, owner: str) -> str | None:
         """A new copy-on-write view of the snapshot for container ``owner``: the name
