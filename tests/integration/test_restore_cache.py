@@ -358,3 +358,17 @@ async def test_a_view_the_engine_cannot_mount_falls_back_to_streaming(
     assert "could not mount" in (cached.cache.unusable_reason() or "")
     # Nothing of the failed attempt is left: only the streamed volume is the box's.
     assert len(await cached.docker.list_volumes({lbl.OWNER: box.name})) == 1
+
+
+async def test_gc_removes_the_entry_of_a_deleted_snapshot(cached: docksnap.Client) -> None:
+    """A snapshot deleted from the store (it held a secret, say) does not live on here."""
+    kept, deleted = await _snapshot(cached, "echo k > k"), await _snapshot(cached, "echo d > d")
+    for snap in (kept, deleted):
+        box = _box(cached)
+        await box.start(TEST_IMAGE, entrypoint=sleeper(), snapshots=[snap])
+        await box.destroy()
+    entry = await _entry_of(cached, deleted.id)
+    await cached.snapshots.delete(deleted.id)
+    report = await cached.reap_orphans()
+    assert entry.name in report.volumes
+    assert [e.snapshot_id for e in await cached.cache.list()] == [kept.id]

@@ -68,6 +68,7 @@ from docksnap.errors import (
     CacheEntryNotFoundError,
     DockerError,
     SnapshotCorruptError,
+    SnapshotNotFoundError,
 )
 from docksnap.process import creator_alive
 from docksnap.service.catalogue import DEFAULT_GC_GRACE
@@ -199,7 +200,9 @@ class RestoreCache:
         return removed
 
     async def reap(self, *, grace: float) -> builtins.list[str]:
-        """Remove the entries whose fill died (``gc``): incomplete and abandoned.
+        """Remove (``gc``) the entries whose fill died (incomplete and abandoned),
+        and those of a snapshot deleted from this client's store: a deleted
+        snapshot must not live on in the cache. Entries in use are kept.
 
         Nothing where this host cannot see the entries' files: completeness is
         unknown there, and a complete entry is not an orphan."""
@@ -207,13 +210,25 @@ class RestoreCache:
             return []
         removed = []
         for entry in await self.list():
-            if entry.complete or entry.in_use:
+            if entry.in_use:
                 continue
-            if await self._fill_abandoned(entry.name, grace) and await self._remove_if_unused(
-                entry.name
-            ):
+            if entry.complete:
+                garbage = await self._snapshot_deleted(entry)
+            else:
+                garbage = await self._fill_abandoned(entry.name, grace)
+            if garbage and await self._remove_if_unused(entry.name):
                 removed.append(entry.name)
         return removed
+
+    async def _snapshot_deleted(self, entry: CacheEntry) -> bool:
+        info = await self._docker.inspect_volume(entry.name)
+        if ((info or {}).get("Labels") or {}).get(lbl.CACHE_STORE) != self._store_key:
+            return False  # another store's: this client cannot tell
+        try:
+            await self._store.get(entry.snapshot_id)
+        except SnapshotNotFoundError:
+            return True
+        return False
 
     async def evict(self, *, limit: int | None = None) -> builtins.list[str]:
         """Remove least recently used entries not in use until the complete ones fit
