@@ -206,6 +206,7 @@ SNAPSHOT_CASES = (
     "snapshot",
     "resnapshot_unchanged",
     "restore",
+    "warm_restore",
     "restic_backup",
     "restic_backup_unchanged",
     "restic_restore",
@@ -257,7 +258,7 @@ def datasets(seed: int, *, quick: bool) -> dict[str, DatasetSpec]:
             DatasetSpec(
                 "huge",
                 blob_layout(2 * 1024 * MiB, parts),
-                ("raw_get", "snapshot", "restore"),
+                ("raw_get", "snapshot", "restore", "warm_restore"),
                 "one 2 GiB directory: 16 x 128 MiB, half text, half random",
                 max_repeat=1,
                 verify_restore=False,

@@ -34,6 +34,7 @@ class Request:
     entrypoint: list[str] = field(default_factory=list)
     snapshot: dict[str, Any] | None = None  # restore: DirectorySnapshot.to_dict()
     profile: str | None = None  # write a pyinstrument + stage summary here
+    restore_cache: str = "off"  # restore: "auto" mounts a view of the host's restore cache
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +96,12 @@ async def _run(request: Request) -> Result:
         if request.op == "snapshot":
             record = (await box.snapshot_directory(request.dir)).to_dict()
         elif request.op == "restore":
-            await box.start(request.image, entrypoint=request.entrypoint, snapshots=snapshots)
+            await box.start(
+                request.image,
+                entrypoint=request.entrypoint,
+                snapshots=snapshots,
+                restore_cache=request.restore_cache,
+            )
         seconds, cpu = time.perf_counter() - t0, _cpu() - cpu0
         if profiler is not None:
             profiler.finish(request, seconds, cpu)

@@ -8,6 +8,8 @@ runs. A Python implementation of workerd's containers snapshot API.
 from docksnap.docker import ArchiveStream, DockerClient
 from docksnap.errors import (
     AmbiguousSnapshotError,
+    CacheEntryInUseError,
+    CacheEntryNotFoundError,
     CaptureIncompleteError,
     ContainerAlreadyRunningError,
     ContainerError,
@@ -41,6 +43,7 @@ from docksnap.service.container import ContainerContext
 from docksnap.service.merge import Conflict, MergeResult
 from docksnap.service.orphans import OrphanReport
 from docksnap.service.progress import Operation, Phase, ProgressEvent, ProgressHook
+from docksnap.service.restore_cache import CacheEntry, RestoreCache
 from docksnap.store.base import (
     GcReport,
     Problem,
@@ -59,6 +62,9 @@ __version__ = "0.1.0"
 __all__ = [
     "AmbiguousSnapshotError",
     "ArchiveStream",
+    "CacheEntry",
+    "CacheEntryInUseError",
+    "CacheEntryNotFoundError",
     "CaptureIncompleteError",
     "CaptureReport",
     "Catalogue",
@@ -95,6 +101,7 @@ __all__ = [
     "ProgressHook",
     "Repair",
     "ReportEntry",
+    "RestoreCache",
     "RestoreThroughSymlinkError",
     "SnapshotCorruptError",
     "SnapshotDiff",

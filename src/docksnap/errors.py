@@ -194,6 +194,26 @@ class SnapshotCorruptError(DocksnapError):
         self.detail = detail
 
 
+class CacheEntryNotFoundError(DocksnapError):
+    """No restore-cache entry has this name or snapshot id (``docksnap cache rm``)."""
+
+    def __init__(self, reference: str) -> None:
+        super().__init__(f"no restore cache entry {reference!r} (see `docksnap cache ls`)")
+        self.reference = reference
+
+
+class CacheEntryInUseError(DocksnapError):
+    """A restore-cache entry is mounted (read) by a container's restore; it was kept."""
+
+    def __init__(self, entry: str, snapshot_id: str) -> None:
+        super().__init__(
+            f"restore cache entry {entry} (snapshot {snapshot_id}) is in use by a container; "
+            "remove that container first"
+        )
+        self.entry = entry
+        self.snapshot_id = snapshot_id
+
+
 class CaptureIncompleteError(DocksnapError):
     """``strict=True`` and the capture could not take everything faithfully; nothing stored."""
 

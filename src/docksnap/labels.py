@@ -21,10 +21,16 @@ SNAPSHOT_ID = PREFIX + "snapshot-id"
 CREATED_AT = PREFIX + "created-at"  # Unix seconds, decimal
 RESTORED = PREFIX + "restored"  # on an app container: JSON {target: snapshot id}
 CREATOR = PREFIX + "creator"  # the creating process: docksnap.process.creator_id()
+# The restore cache (service/restore_cache.py):
+CACHE_STORE = PREFIX + "cache-store"  # on a cache entry: which store it came from (a hash)
+CACHE_ENTRY = PREFIX + "cache-entry"  # on a restore view's volumes: the entry they read
+UPPER = PREFIX + "upper"  # on an overlay view volume: the volume holding its upper/work
+VIEW = PREFIX + "view"  # on an upper/work volume: the overlay view volume that uses it
 
 
 class Role(StrEnum):
     APP = "app"
+    CACHE = "cache"
     HELPER = "helper"
     RESTORE = "restore"
     SNAPSHOT = "snapshot"

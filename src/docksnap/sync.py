@@ -42,6 +42,7 @@ from docksnap.service.catalogue import DEFAULT_GC_GRACE, Catalogue
 from docksnap.service.client import DEFAULT_SIZE_LIMIT, Client
 from docksnap.service.container import Container
 from docksnap.service.orphans import OrphanReport
+from docksnap.service.restore_cache import RestoreCache
 from docksnap.store.base import SnapshotInfo, SnapshotStore, TarReader
 
 _P = ParamSpec("_P")
@@ -205,11 +206,37 @@ class SyncCatalogue(_Proxy):
     merge = _blocking(Catalogue.merge)
 
 
+class SyncCache(_Proxy):
+    """A blocking :class:`~docksnap.RestoreCache` (``SyncClient.cache``)."""
+
+    _inner: RestoreCache
+
+    @property
+    def size_limit(self) -> int:
+        return self._inner.size_limit
+
+    list = _blocking(RestoreCache.list)
+    remove = _blocking(RestoreCache.remove)
+    prune = _blocking(RestoreCache.prune)
+    reap = _blocking(RestoreCache.reap)
+    evict = _blocking(RestoreCache.evict)
+    view = _blocking(RestoreCache.view)
+
+    def disable(self, reason: str) -> None:
+        """As :meth:`RestoreCache.disable` (no engine call)."""
+        self._inner.disable(reason)
+
+    def unusable_reason(self) -> str | None:
+        """As :meth:`RestoreCache.unusable_reason` (no engine call)."""
+        return self._inner.unusable_reason()
+
+
 class SyncClient:
     """docksnap's client, blocking. Use as ``with docksnap.SyncClient() as client: ...``.
 
     Takes :class:`~docksnap.Client`'s arguments. ``container(name)`` returns a
-    :class:`SyncContainer`, ``snapshots`` is a :class:`SyncCatalogue`; their
+    :class:`SyncContainer`, ``snapshots`` is a :class:`SyncCatalogue`, ``cache``
+    a :class:`SyncCache`; their
     methods are the async ones, returning results instead of awaitables (and
     lists instead of async iterators). Safe to call from several threads: their
     calls share the private loop, and changes to one container still take turns.
@@ -222,13 +249,20 @@ class SyncClient:
         store: str | SnapshotStore | None = None,
         size_limit: int = DEFAULT_SIZE_LIMIT,
         labels: Mapping[str, str] | None = None,
+        restore_cache: str | None = None,
+        cache_size: int | None = None,
     ) -> None:
         self._loop = _LoopThread()
 
         async def make() -> Client:
             # Built on the private loop: its locks and connections belong to that loop.
             return Client(
-                docker_host=docker_host, store=store, size_limit=size_limit, labels=labels
+                docker_host=docker_host,
+                store=store,
+                size_limit=size_limit,
+                labels=labels,
+                restore_cache=restore_cache,
+                cache_size=cache_size,
             )
 
         try:
@@ -237,6 +271,7 @@ class SyncClient:
             self._loop.stop()
             raise
         self.snapshots = SyncCatalogue(self._loop, self._client.snapshots)
+        self.cache = SyncCache(self._loop, self._client.cache)
         self._closed = False
 
     @property

@@ -72,17 +72,36 @@ def containers_named(name: str) -> list[str]:
     return _docker("ps", "-aq", "--filter", f"name=^/{name}$")
 
 
-def killed_mid_restore(cli: Cli, snapshot_id: str) -> tuple[str, str]:
+def cache_entries_of(snapshot_id: str) -> list[str]:
+    return _docker(
+        "volume",
+        "ls",
+        "-q",
+        "--filter",
+        SESSION,
+        "--filter",
+        "label=io.docksnap.role=cache",
+        "--filter",
+        f"label={lbl.SNAPSHOT_ID}={snapshot_id}",
+    )
+
+
+def killed_mid_restore(cli: Cli, snapshot_id: str, *, cache: bool = False) -> tuple[str, str]:
     """SIGKILL ``docksnap run --restore`` while its helper fills the volume.
 
     Returns the container name and the pinned volume; asserts the pinned state
-    (a helper holds the volume), so the tests below start from the defect.
+    (a helper holds the volume), so the tests below start from the defect. With
+    ``cache`` the volume is the restore cache entry being filled, else the
+    streamed restore's volume.
     """
     name = unique_name("ds-killed")
     cli.containers.append(name)
     assert EXE is not None
+    mode = "auto" if cache else "off"
+    args = [EXE, "run", TEST_IMAGE, "--name", name, "--restore", snapshot_id]
+    args += ["--restore-cache", mode, "--", "sleep", "1000"]
     proc = subprocess.Popen(
-        [EXE, "run", TEST_IMAGE, "--name", name, "--restore", snapshot_id, "--", "sleep", "1000"],
+        args,
         env=cli.env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -90,7 +109,8 @@ def killed_mid_restore(cli: Cli, snapshot_id: str) -> tuple[str, str]:
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            pinned = [(v, h) for v in volumes_of(name) for h in helpers_using(v)]
+            filled = cache_entries_of(snapshot_id) if cache else volumes_of(name)
+            pinned = [(v, h) for v in filled for h in helpers_using(v)]
             if pinned:
                 proc.kill()
                 break
@@ -116,7 +136,7 @@ def test_rm_container_clears_a_killed_run(cli: Cli, big_snapshot: str) -> None:
 
 def test_new_run_with_the_name_clears_a_killed_run(cli: Cli, big_snapshot: str) -> None:
     name, volume = killed_mid_restore(cli, big_snapshot)
-    cli("run", TEST_IMAGE, "--name", name, "--restore", big_snapshot, "--", "sleep", "1000")
+    cli("run", TEST_IMAGE, "--name", name, "--restore", big_snapshot, "--restore-cache", "off")
     assert helpers_using(volume) == []
     assert volume not in volumes_of(name)
     assert len(volumes_of(name)) == 1  # the new container's own
@@ -131,19 +151,41 @@ def test_gc_reaps_what_a_killed_run_left(cli: Cli, big_snapshot: str) -> None:
     assert len(report["orphans"]["containers"]) == 1
 
 
-def test_gc_reaps_restore_volumes_of_a_container_removed_by_docker(cli: Cli) -> None:
+def test_gc_reaps_a_fill_of_the_restore_cache_that_was_killed(cli: Cli, big_snapshot: str) -> None:
+    """An entry whose fill died is never used, and gc removes it with its helper."""
+    name, entry = killed_mid_restore(cli, big_snapshot, cache=True)
+    report = cli.json("gc")
+    assert helpers_using(entry) == []
+    assert cache_entries_of(big_snapshot) == []
+    assert entry in report["orphans"]["volumes"]
+    # The next restore fills a new entry and uses it.
+    cli("run", TEST_IMAGE, "--name", name, "--restore", big_snapshot, "--", "sleep", "1000")
+    [fresh] = cache_entries_of(big_snapshot)
+    assert fresh != entry
+    [listed] = [e for e in cli.json("cache", "ls") if e["name"] == fresh]
+    assert listed["complete"]
+
+
+@pytest.mark.parametrize("mode", ["off", "auto"])
+def test_gc_reaps_restore_volumes_of_a_container_removed_by_docker(cli: Cli, mode: str) -> None:
+    """Streamed: one restore volume; cached: the overlay view and its upper volume."""
     box = cli.run_box("mkdir /d && echo x > /d/f")
     snapshot_id = cli.snapshot(box, "/d")["snapshot"]["id"]
     name = unique_name("ds-orphan")
     cli.containers.append(name)
-    cli("run", TEST_IMAGE, "--name", name, "--restore", snapshot_id, "--", "sleep", "1000")
-    [volume] = volumes_of(name)
-    assert volume not in cli.json("gc", "--grace", "0")["orphans"]["volumes"]  # in use: kept
-    assert volumes_of(name) == [volume]
+    cli("run", TEST_IMAGE, "--name", name, "--restore", snapshot_id, "--restore-cache", mode)
+    volumes = volumes_of(name)
+    assert len(volumes) == (2 if mode == "auto" else 1)
+    reaped = cli.json("gc", "--grace", "0")["orphans"]["volumes"]
+    assert not set(volumes) & set(reaped)  # in use: kept
+    assert sorted(volumes_of(name)) == sorted(volumes)
     subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=True)
-    assert volumes_of(name) == [volume]
-    assert volume in cli.json("gc")["orphans"]["volumes"]
+    assert sorted(volumes_of(name)) == sorted(volumes)
+    assert set(volumes) <= set(cli.json("gc")["orphans"]["volumes"])
     assert volumes_of(name) == []
+    if mode == "auto":  # the entry stays cached, no longer in use
+        [entry] = [e for e in cli.json("cache", "ls") if e["snapshot_id"] == snapshot_id]
+        assert not entry["in_use"]
 
 
 async def test_gc_keeps_what_a_live_process_is_using(docker_engine: None, tmp_path: Path) -> None:

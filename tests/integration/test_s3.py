@@ -38,7 +38,14 @@ from docksnap.store.chunked.packs import PACK_INDEX, PACKS, PENDING
 from docksnap.store.objects.local import LocalObjectStore
 from docksnap.store.objects.s3 import S3ObjectStore
 from tests.conformance.streams import build_tar, pieces, random_files, text_files
-from tests.conftest import SESSION_ID, SESSION_LABEL, SESSION_LABELS, TEST_IMAGE, unique_name
+from tests.conftest import (
+    SESSION_ID,
+    SESSION_LABEL,
+    SESSION_LABELS,
+    TEST_IMAGE,
+    cache_at_rest,
+    unique_name,
+)
 from tests.faultproxy import FaultProxy
 from tests.s3support import S3Server
 
@@ -74,7 +81,8 @@ def host_b() -> str:
 
 
 def leftovers(docker_host: str | None) -> list[str]:
-    """Containers and volumes of this test session on an engine."""
+    """Containers and volumes of this test session on an engine (restore cache
+    entries at rest are the cache, not leftovers)."""
     env = {**os.environ, "DOCKER_HOST": docker_host} if docker_host else None
     found: list[str] = []
     for kind in (["ps", "-aq"], ["volume", "ls", "-q"]):
@@ -85,7 +93,8 @@ def leftovers(docker_host: str | None) -> list[str]:
             check=True,
             env=env,
         ).stdout.split()
-    return found
+    cache = cache_at_rest(docker_host)
+    return [name for name in found if name not in cache]
 
 
 @asynccontextmanager

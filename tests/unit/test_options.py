@@ -91,3 +91,38 @@ def test_client_checks_its_options(tmp_path: Path) -> None:
         docksnap.Client(store=store, helper_image="")
     with pytest.raises(docksnap.InvalidArgumentError, match="progress"):
         docksnap.Client(store=store, progress=42)  # type: ignore[arg-type]
+
+
+def test_restore_cache_options_name_the_bad_value(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = tmp_path.as_uri()
+    with pytest.raises(docksnap.InvalidArgumentError, match=r"restore_cache.*'on'"):
+        docksnap.Client(store=store, restore_cache="on")
+    with pytest.raises(docksnap.InvalidArgumentError, match=r"cache_size.*0"):
+        docksnap.Client(store=store, cache_size=0)
+    monkeypatch.setenv("DOCKSNAP_CACHE_SIZE", "lots")
+    with pytest.raises(docksnap.InvalidArgumentError, match=r"DOCKSNAP_CACHE_SIZE.*'lots'"):
+        docksnap.Client(store=store)
+    monkeypatch.setenv("DOCKSNAP_RESTORE_CACHE", "sometimes")
+    with pytest.raises(docksnap.InvalidArgumentError, match="'sometimes'"):
+        docksnap.Client(store=store, cache_size=1)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("1048576", 1 << 20), ("512M", 512 << 20), ("20GiB", 20 << 30), (" 3 t ", 3 << 40)],
+)
+def test_cache_size_is_bytes_or_a_binary_unit(text: str, expected: int) -> None:
+    assert options.cache_size(text) == expected
+    assert options.cache_size(expected) == expected
+
+
+def test_the_cache_size_comes_from_the_environment_else_10_gib(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DOCKSNAP_CACHE_SIZE", raising=False)
+    assert docksnap.Client(store=tmp_path.as_uri()).cache.size_limit == 10 << 30
+    monkeypatch.setenv("DOCKSNAP_CACHE_SIZE", "2GiB")
+    assert docksnap.Client(store=tmp_path.as_uri()).cache.size_limit == 2 << 30
+    assert docksnap.Client(store=tmp_path.as_uri(), cache_size=5).cache.size_limit == 5

@@ -121,6 +121,7 @@ def test_the_walk_finds_nested_types() -> None:
         (docksnap.Client, docksnap.SyncClient),
         (docksnap.Container, docksnap.sync.SyncContainer),
         (docksnap.Catalogue, docksnap.sync.SyncCatalogue),
+        (docksnap.RestoreCache, docksnap.sync.SyncCache),
     ],
 )
 def test_sync_client_has_every_public_method(async_cls: type, sync_cls: type) -> None:

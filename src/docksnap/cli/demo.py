@@ -8,6 +8,7 @@ time `docker cp` out and in of the same directory for comparison.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import shutil
 import subprocess
@@ -18,6 +19,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from docksnap.errors import CacheEntryNotFoundError
 from docksnap.model import DirectorySnapshot
 from docksnap.service.client import Client
 
@@ -85,6 +87,8 @@ async def run_demo(
         await second.destroy()
         if snapshot is not None:
             await client.snapshots.delete(snapshot.id)
+            with contextlib.suppress(CacheEntryNotFoundError):
+                await client.cache.remove(snapshot.id)  # the restore filled it
 
 
 class _timed:

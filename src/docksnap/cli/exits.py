@@ -56,6 +56,8 @@ EXIT_CODES: dict[type[BaseException], ExitCode] = {
     errors.CaptureIncompleteError: ExitCode.CAPTURE_INCOMPLETE,
     errors.MergeConflictError: ExitCode.MERGE_CONFLICT,
     errors.ImageNotFoundError: ExitCode.IMAGE_NOT_FOUND,
+    errors.CacheEntryNotFoundError: ExitCode.SNAPSHOT_NOT_FOUND,
+    errors.CacheEntryInUseError: ExitCode.CONTAINER,
     # A malformed or oversized tar stream is refused like an unsafe one: nothing stored.
     errors.UnsafeArchiveError: ExitCode.ARCHIVE_REFUSED,
     TarError: ExitCode.ARCHIVE_REFUSED,
@@ -108,6 +110,8 @@ _HINTS: dict[type[BaseException], str] = {
         "choose a side with --on-conflict ours|theirs|both, or try --text-merge"
     ),
     errors.ImageNotFoundError: "pull or load that image on this engine first (`docker pull`)",
+    errors.CacheEntryNotFoundError: "`docksnap cache ls` lists this host's restore cache",
+    errors.CacheEntryInUseError: "`docksnap rm-container NAME` releases its view first",
 }
 
 

@@ -6,7 +6,7 @@ import click
 
 from docksnap import __version__
 from docksnap.cli.app import App, DocksnapGroup, output_options, parse_pairs
-from docksnap.cli.commands import beyond, catalogue, containers, demo, transfer
+from docksnap.cli.commands import beyond, cache, catalogue, containers, demo, transfer
 from docksnap.cli.malloc import limit_malloc_arenas
 from docksnap.cli.params import SECONDS
 
@@ -99,6 +99,7 @@ for command in (
     transfer.copy,
     containers.stop,
     containers.rm_container,
+    cache.cache,
     demo.demo,
 ):
     cli.add_command(command)

@@ -13,6 +13,7 @@ from docksnap.cli.render import xattr_value
 from docksnap.model import DirectorySnapshot
 from docksnap.service.archive import SnapshotDiff
 from docksnap.service.orphans import OrphanReport
+from docksnap.service.restore_cache import CacheEntry
 from docksnap.store.base import GcReport, SnapshotInfo, StoreStats, VerifyReport
 from docksnap.tarstream import TarEntry
 
@@ -114,4 +115,17 @@ def stats(store_url: str, totals: StoreStats) -> JSON:
         "dedup_ratio": totals.dedup_ratio,
         "compression_ratio": totals.compression_ratio,
         "extra": dict(totals.extra),
+    }
+
+
+def cache_entry(item: CacheEntry) -> JSON:
+    return {
+        "name": item.name,
+        "snapshot_id": item.snapshot_id,
+        "size": item.size,
+        "created_at": item.created_at,
+        "last_used_at": item.last_used_at,
+        "complete": item.complete,
+        "in_use": item.in_use,
+        "references": item.references,
     }

@@ -50,6 +50,7 @@ from docksnap.service.capture import Capture, read_ignore_file
 from docksnap.service.orphans import remove_helpers_of
 from docksnap.service.pause import PauseHold, no_pause, paused
 from docksnap.service.progress import Operation, ProgressHook, track
+from docksnap.service.restore_cache import RestoreCache
 from docksnap.service.restore_plan import ImageLinkGuard, check_restored_symlinks
 from docksnap.service.spool import DEFAULT_SPOOL_LIMIT, read_ahead, spool_directory
 from docksnap.store import SnapshotStore, TarReader
@@ -66,7 +67,8 @@ class ContainerContext:
     """What every container handle of one client shares; built once by the client.
 
     ``labels`` are the client's extra labels for what it creates, ``size_limit``
-    the default snapshot limit in bytes, ``progress`` the client's hook (or None).
+    the default snapshot limit in bytes, ``progress`` the client's hook (or None),
+    ``cache`` the restore cache and ``restore_cache`` the default use of it.
     """
 
     engine: DockerClient
@@ -74,6 +76,8 @@ class ContainerContext:
     labels: Mapping[str, str]
     size_limit: int
     progress: ProgressHook | None = None
+    cache: RestoreCache | None = None
+    restore_cache: str = "off"
 
 
 class Container:
@@ -136,6 +140,7 @@ class Container:
         cpus: float | str | None = None,
         restart: str | None = None,
         remove: bool = False,
+        restore_cache: str | None = None,
     ) -> None:
         """Create the container, restore ``snapshots`` into it, then start it.
 
@@ -159,7 +164,18 @@ class Container:
         (docker's ``--rm``). Publishing a port needs a network that can publish.
         A restore's target may not overlap a ``volumes`` target: its data would
         land in the bind source or the named volume.
+
+        ``restore_cache`` (default: the client's): with ``"auto"``, each masking
+        restore on an engine of this host mounts a copy-on-write view of the
+        snapshot's restore cache entry, filled at its first restore (so later
+        restores take the same time for any size, and read nothing from the
+        store); elsewhere, or with ``"off"``, the snapshot is streamed into a fresh
+        volume. Both give the container the same files. Merge restores are
+        always streamed. See :mod:`docksnap.service.restore_cache`.
         """
+        use_cache = options.restore_cache(
+            self._context.restore_cache if restore_cache is None else restore_cache
+        )
         restores = _plan_restores(snapshots)
         run = runopts.run_options(
             command=command,
@@ -191,24 +207,62 @@ class Container:
                 await cs.refuse_as_directory_snapshot(self._store, restore.snapshot)
             if container_snapshot is not None:
                 await self._store.get(container_snapshot.id)
-            try:
-                if container_snapshot is not None:
-                    config["Image"] = await cs.image_with_snapshot(
-                        self._context, image, container_snapshot, owner=self.name
+            cached = use_cache == "auto"
+            while True:
+                try:
+                    if container_snapshot is not None:
+                        config["Image"] = await cs.image_with_snapshot(
+                            self._context, image, container_snapshot, owner=self.name
+                        )
+                    await self._create_with_restores(
+                        image, config, restores, run.labels, cached=cached
                     )
-                await self._create_with_restores(image, config, restores, run.labels)
-                await self._docker.start_container(self.name)
-            except BaseException as exc:
-                await asyncio.shield(self._remove_everything())
-                if isinstance(exc, DockerError) and exc.operation == "start container":
-                    raise ContainerStartError(
-                        self.name,
-                        f"container {self.name!r} failed to start: {exc.message}"
-                        + _network_advice(exc.message),
-                    ) from exc
-                raise
+                    await self._docker.start_container(self.name)
+                    break
+                except BaseException as exc:
+                    await asyncio.shield(self._remove_everything())
+                    if not (cached and _overlay_refused(exc)):
+                        error = self._start_error(exc)
+                        if error is None:
+                            raise
+                        raise error from exc
+                    # The kernel or engine refused the overlay (e.g. a data root on
+                    # overlayfs): this host cannot mount views, so stream, as "auto" says.
+                    cached = False
+                    self._disable_cache(str(exc))
             self.running = True
         await self._record_use(ids)
+        if use_cache == "auto" and any(not r.merge for r in restores):
+            await self._evict_cache()
+
+    def _start_error(self, exc: BaseException) -> ContainerStartError | None:
+        """The engine's refusal to start, in docksnap's terms (None: not a start error)."""
+        if isinstance(exc, DockerError) and exc.operation == "start container":
+            return ContainerStartError(
+                self.name,
+                f"container {self.name!r} failed to start: {exc.message}"
+                + _network_advice(exc.message),
+            )
+        return None
+
+    def _disable_cache(self, reason: str) -> None:
+        if self._context.cache is not None:
+            log.warning("restore cache views cannot be mounted here, streaming: %s", reason)
+            self._context.cache.disable(f"the engine could not mount a view: {reason}")
+
+    async def _evict_cache(self) -> None:
+        """Keep the restore cache within its limit. Best effort, as ``_record_use``:
+        the container runs, and an eviction that fails is retried at the next start."""
+        cache = self._context.cache
+        if cache is None or cache.unusable_reason() is not None:
+            return
+        try:
+            evicted = await cache.evict()
+        except (DockerError, OSError) as exc:
+            log.warning("restore cache eviction failed: %s", exc)
+            return
+        if evicted:
+            log.info("restore cache: evicted %s", ", ".join(evicted))
 
     async def _record_use(self, ids: list[str]) -> None:
         """Count the restores as uses (for TTLs). Best effort: the container already
@@ -503,11 +557,18 @@ class Container:
         config: dict[str, Any],
         restores: list[SnapshotRestore],
         user_labels: Mapping[str, str],
+        *,
+        cached: bool,
     ) -> None:
         mounts = []
+        cache = self._context.cache if cached else None
         for restore in restores:
             if not restore.merge:
-                volume = await self._restore_into_new_volume(image, restore)
+                volume = None
+                if cache is not None:
+                    volume = await cache.view(restore.snapshot.id, image=image, owner=self.name)
+                if volume is None:
+                    volume = await self._restore_into_new_volume(image, restore)
                 mounts.append(
                     {
                         "Type": "volume",
@@ -599,6 +660,8 @@ class Container:
             volumes = await self._docker.list_volumes(
                 {lbl.ROLE: str(lbl.Role.RESTORE), lbl.OWNER: self.name}
             )
+            # A restore cache view before its upper/work volume: the view mounts it.
+            volumes.sort(key=lambda v: lbl.UPPER not in (v.get("Labels") or {}))
             try:
                 for volume in volumes:
                     await remove_helpers_of(self._docker, volume["Name"])
@@ -648,6 +711,16 @@ def _plan_restores(items: Iterable[DirectorySnapshot | SnapshotRestore]) -> list
         raise InvalidArgumentError(f"two snapshots restore to the same mount point: {duplicates}")
     # Parent first: depth order, stable for equal depths.
     return sorted(restores, key=lambda r: 0 if r.target == "/" else r.target.count("/"))
+
+
+def _overlay_refused(exc: BaseException) -> bool:
+    """Whether a start failed because the engine could not mount a local-driver volume
+    (the only kind with mount options docksnap makes is a restore cache view)."""
+    return (
+        isinstance(exc, DockerError)
+        and exc.operation == "start container"
+        and "failed to mount local volume" in exc.message
+    )
 
 
 def _network_advice(engine_message: str) -> str:

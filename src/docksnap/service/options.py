@@ -8,6 +8,7 @@ naming the option and the value. Stores below trust what they receive.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 
 from docksnap.errors import InvalidArgumentError
@@ -102,3 +103,32 @@ def helper_image(value: object) -> str | None:
     if value is not None and (not isinstance(value, str) or not value):
         raise InvalidArgumentError(f"helper_image must be a non-empty image name, got {value!r}")
     return value
+
+
+RESTORE_CACHE_MODES = ("auto", "off")
+_SIZE_TEXT = re.compile(r"(?i)\s*(\d+)\s*(b|k|kib|m|mib|g|gib|t|tib)?\s*")
+_SIZE_FACTORS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def restore_cache(value: object) -> str:
+    """Whether restores go through the host's restore cache: ``"auto"`` or ``"off"``."""
+    if value not in RESTORE_CACHE_MODES:
+        raise InvalidArgumentError(
+            f"restore_cache must be one of {', '.join(RESTORE_CACHE_MODES)}, got {value!r}"
+        )
+    return str(value)
+
+
+def cache_size(value: object, *, source: str = "cache_size") -> int:
+    """The restore cache's size limit in bytes: a positive integer, or a text such as
+    ``10GiB`` / ``512M`` (binary units, as ``DOCKSNAP_CACHE_SIZE`` is written)."""
+    if isinstance(value, str):
+        match = _SIZE_TEXT.fullmatch(value)
+        if match:
+            value = int(match[1]) * _SIZE_FACTORS[(match[2] or "").lower()[:1]]
+    number = _integer(value)
+    if number is None or number <= 0:
+        raise InvalidArgumentError(
+            f"{source} must be a positive size in bytes (or like 10GiB), got {value!r}"
+        )
+    return number

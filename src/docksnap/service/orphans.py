@@ -12,7 +12,8 @@ boot, the pid gone or reused), or, when this host cannot tell (made on another
 host, or before labels named the creator), one older than the grace period. A
 resource whose creator still runs is never an orphan, whatever the grace: that
 docksnap may be filling it right now. A restore volume any container mounts is
-never removed.
+never removed, nor the upper/work volume of a restore cache view while that
+view's volume exists (no container mounts an upper volume: its view does).
 """
 
 from __future__ import annotations
@@ -71,12 +72,19 @@ async def reap_orphans(
             await docker.remove_container(helper["Id"])
             containers.append(str(helper["Id"]))
     volumes = []
-    for volume in await docker.list_volumes({**scope, lbl.ROLE: str(lbl.Role.RESTORE)}):
+    candidates = await docker.list_volumes({**scope, lbl.ROLE: str(lbl.Role.RESTORE)})
+    # Views before the upper volumes they use, so both go in one pass.
+    candidates.sort(key=lambda v: lbl.VIEW in (v.get("Labels") or {}))
+    for volume in candidates:
         name = str(volume["Name"])
-        if not _is_orphan(volume.get("Labels") or {}, None, now, grace):
+        labels = volume.get("Labels") or {}
+        if not _is_orphan(labels, None, now, grace):
             continue
         if await docker.list_containers({}, volume=name):
             continue  # mounted: its container (running or not) still owns it
+        view = labels.get(lbl.VIEW)
+        if view and await docker.inspect_volume(view) is not None:
+            continue  # the upper layer of a view that still exists
         try:
             await docker.remove_volume(name)
         except DockerError as exc:

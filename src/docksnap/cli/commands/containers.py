@@ -141,6 +141,14 @@ def _labels(items: tuple[str, ...]) -> dict[str, str]:
 )
 @click.option("--rm", "remove", is_flag=True, help="Remove the container when it exits.")
 @click.option(
+    "--restore-cache",
+    type=click.Choice(["auto", "off"]),
+    default=None,
+    help="auto: restores mount a copy-on-write view of this host's restore cache "
+    "(filled at a snapshot's first restore); off: stream every restore. "
+    "[default: DOCKSNAP_RESTORE_CACHE, else auto]",
+)
+@click.option(
     "--from-container-snapshot",
     "container_snapshot_id",
     metavar="ID",
@@ -169,6 +177,7 @@ def run(
     restart: str | None,
     entrypoint: str | None,
     remove: bool,
+    restore_cache: str | None,
     container_snapshot_id: str | None,
 ) -> None:
     """Start a named container with snapshots restored into it.
@@ -239,6 +248,7 @@ def run(
                 restart=restart,
                 remove=remove,
                 container_snapshot=whole,
+                restore_cache=restore_cache,
             )
         elapsed = time.monotonic() - started
         document = {
