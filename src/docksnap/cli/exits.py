@@ -37,6 +37,7 @@ class ExitCode(IntEnum):
     CAPTURE_INCOMPLETE = 15
     MERGE_CONFLICT = 16
     IMAGE_NOT_FOUND = 17
+    HOST_CAPTURE_UNAVAILABLE = 18
     INTERRUPTED = 130
     BROKEN_PIPE = 141
 
@@ -56,6 +57,7 @@ EXIT_CODES: dict[type[BaseException], ExitCode] = {
     errors.CaptureIncompleteError: ExitCode.CAPTURE_INCOMPLETE,
     errors.MergeConflictError: ExitCode.MERGE_CONFLICT,
     errors.ImageNotFoundError: ExitCode.IMAGE_NOT_FOUND,
+    errors.HostCaptureUnavailableError: ExitCode.HOST_CAPTURE_UNAVAILABLE,
     # A malformed or oversized tar stream is refused like an unsafe one: nothing stored.
     errors.UnsafeArchiveError: ExitCode.ARCHIVE_REFUSED,
     TarError: ExitCode.ARCHIVE_REFUSED,
@@ -108,6 +110,9 @@ _HINTS: dict[type[BaseException], str] = {
         "choose a side with --on-conflict ours|theirs|both, or try --text-merge"
     ),
     errors.ImageNotFoundError: "pull or load that image on this engine first (`docker pull`)",
+    errors.HostCaptureUnavailableError: (
+        "use --capture archive (or auto) to read it through the engine's archive API"
+    ),
 }
 
 
