@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from docksnap.report import ReportEntry
 from docksnap.tarstream.goheader import BLOCK, GoHeader, encode
 
-from .resolve import readlink_fd
+from .resolve import open_nofollow_walk, readlink_fd
 
 #: Extended attributes host capture stores (beyond the engine's security.capability).
 CARRIED_PREFIXES = ("user.",)
@@ -86,6 +86,7 @@ class HostTree:
     owners: Owners
     problems: list[ReportEntry] = field(default_factory=list)
     _links: dict[tuple[int, int], bytes] = field(default_factory=dict)
+    _read: list[tuple[bytes, os.stat_result]] = field(default_factory=list)
 
     def close(self) -> None:
         if self.dir_fd >= 0:
@@ -239,24 +240,59 @@ class HostTree:
     def note_changed(self, member: HostMember, detail: str) -> None:
         self.problems.append(ReportEntry(member.path, "changed", detail))
 
+    def remember_read(self, member: HostMember) -> None:
+        """Keep a read file's stat for :meth:`recheck` (unpaused captures only)."""
+        self._read.append((member.path.encode("utf-8", "surrogateescape"), member.stat))
+
+    def recheck(self) -> None:
+        """Stat every remembered file again, through descriptors from the directory."""
+        for path, before in self._read:
+            relative = path.decode("utf-8", "surrogateescape")
+            try:
+                fd = open_nofollow_walk(self.dir_fd, path, os.O_PATH)
+            except OSError:
+                self.problems.append(ReportEntry(relative, "vanished", "deleted after it was read"))
+                continue
+            try:
+                after = os.fstat(fd)
+            finally:
+                os.close(fd)
+            if after.st_ino != before.st_ino or not stat.S_ISREG(after.st_mode):
+                detail = "replaced after it was read"
+            elif after.st_size != before.st_size:
+                detail = f"size {before.st_size} read, {after.st_size} after"
+            elif after.st_mtime_ns != before.st_mtime_ns:
+                detail = f"mtime {before.st_mtime_ns} ns read, {after.st_mtime_ns} ns after"
+            elif after.st_ctime_ns != before.st_ctime_ns:
+                detail = "ctime changed after it was read"
+            else:
+                continue
+            self.problems.append(ReportEntry(relative, "changed", detail))
+        self._read.clear()
+
 
 def tar_pieces(tree: HostTree, *, recheck: bool) -> Generator[bytes, None, None]:
     """The archive as pieces of at most 1 MiB: headers, content, padding, end marker.
 
     A file that shrank while read is padded with zeros and one that grew is cut
-    at its header's size (the header is already out); both are reported, as is
-    (with ``recheck``, for an unpaused container) any change of size, mtime or
-    ctime between the header and the end of the read.
+    at its header's size (the header is already out); both are reported. With
+    ``recheck`` (an unpaused container) every regular file is stat'ed again
+    once the walk is over, as the archive path does after the engine's stream,
+    and a change of size, mtime or ctime (nanoseconds) is reported.
     """
     for member in tree.members():
         yield member.header
+        if recheck and member.fd is not None:
+            tree.remember_read(member)
         if member.fd is None or not member.size:
             continue
-        yield from _content(tree, member, recheck=recheck)
+        yield from _content(tree, member)
+    if recheck:
+        tree.recheck()
     yield _END_OF_ARCHIVE
 
 
-def _content(tree: HostTree, member: HostMember, *, recheck: bool) -> Iterator[bytes]:
+def _content(tree: HostTree, member: HostMember) -> Iterator[bytes]:
     assert member.fd is not None
     left = member.size
     failed = ""
@@ -281,20 +317,6 @@ def _content(tree: HostTree, member: HostMember, *, recheck: bool) -> Iterator[b
         else:
             tree.note_changed(member, f"shrank below {member.size} bytes while read")
     yield bytes(-member.size % BLOCK)
-    if recheck:
-        _recheck(tree, member)
-
-
-def _recheck(tree: HostTree, member: HostMember) -> None:
-    assert member.fd is not None
-    after = os.fstat(member.fd)
-    before = member.stat
-    if (after.st_size, after.st_mtime_ns, after.st_ctime_ns) != (
-        before.st_size,
-        before.st_mtime_ns,
-        before.st_ctime_ns,
-    ):
-        tree.note_changed(member, "size, mtime or ctime changed while read")
 
 
 def parse_owners(passwd: bytes, group: bytes) -> Owners:
