@@ -130,6 +130,7 @@ class Bench:
         directory: str = "",
         snapshot: docksnap.DirectorySnapshot | None = None,
         profile: Path | None = None,
+        capture: str = "archive",
     ) -> _worker.Result:
         """Run one docksnap operation in a fresh worker process."""
         if op == "restore":
@@ -144,14 +145,20 @@ class Bench:
             entrypoint=list(SLEEP),
             snapshot=snapshot.to_dict() if snapshot else None,
             profile=str(profile) if profile else None,
+            capture=capture,
         )
         return await _worker.call(request)
 
     async def snapshot(
-        self, store: str, directory: str, profile: Path | None = None
+        self, store: str, directory: str, profile: Path | None = None, capture: str = "archive"
     ) -> tuple[_worker.Result, docksnap.DirectorySnapshot]:
         result = await self.op(
-            "snapshot", store=store, container=self.source, directory=directory, profile=profile
+            "snapshot",
+            store=store,
+            container=self.source,
+            directory=directory,
+            profile=profile,
+            capture=capture,
         )
         return result, docksnap.DirectorySnapshot.from_dict(result.snapshot)
 
@@ -412,6 +419,28 @@ async def seed_restore(r: Round) -> Sample:
 async def snapshot(r: Round) -> Sample:
     sample, r.chunked = await r.snapshot_measured(r.spec.dir)
     return sample
+
+
+@case(
+    "snapshot_host",
+    "out",
+    "snapshot_directory(capture='host'): read through /proc/<pid>/root, fresh chunked store",
+    chunked=True,
+)
+async def snapshot_host(r: Round) -> Sample:
+    store = r.bench.new_store(f"{r.spec.name}-r{r.rep}-host")
+    try:
+        result, record = await r.bench.snapshot(store, r.spec.dir, capture="host")
+    finally:
+        await remove_store(store)
+    if record.capture != "host":
+        raise RuntimeError(f"{r.spec.name}: host capture fell back to {record.capture}")
+    return Sample(
+        result.seconds,
+        peak_rss_bytes=result.peak_rss_bytes,
+        rss_start_bytes=result.rss_start_bytes,
+        extra={"cpu_s": result.cpu_seconds, **_pause(record)},
+    )
 
 
 @case("resnapshot_unchanged", "out", "snapshot again, nothing changed (same store)", chunked=True)

@@ -204,6 +204,7 @@ SNAPSHOT_CASES = (
     "seed_snapshot",
     "seed_restore",
     "snapshot",
+    "snapshot_host",
     "resnapshot_unchanged",
     "restore",
     "restic_backup",
