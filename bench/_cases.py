@@ -28,6 +28,7 @@ from _engine import BENCH_LABELS, IMAGE, SLEEP, Engine, docker_cli, file_pieces
 
 import docksnap
 from docksnap.docker import DockerClient
+from docksnap.service.hostcapture import host_chunks, open_host_tree
 
 Direction = Literal["out", "in"]  # out of a container (snapshot side) or into one (restore)
 SEED_STORE = "docker-volume:"
@@ -322,6 +323,27 @@ async def raw_get(r: Round) -> Sample:
     seconds = _clock() - t0
     if n != r.data.bytes:
         raise RuntimeError(f"{r.spec.name}: GET gave {n} bytes, expected {r.data.bytes}")
+    return Sample(seconds)
+
+
+@case(
+    "raw_host_read",
+    "out",
+    "host capture's tar stream (walk + read through /proc/<pid>/root) to nowhere",
+)
+async def raw_host_read(r: Round) -> Sample:
+    docker = r.bench.docker
+    info = await docker.inspect_container(r.bench.source)
+    state = {**info["State"], "Id": info["Id"], "Mounts": info.get("Mounts") or []}
+    t0, n = _clock(), 0
+    tree = await open_host_tree(docker, r.bench.source, state, r.spec.dir, "host")
+    assert tree is not None
+    async for piece in host_chunks(tree, recheck=False):
+        n += len(piece)
+    seconds = _clock() - t0
+    # Sub-second mtimes add a PAX header (1 KiB) per member to the engine's stream.
+    if n < r.data.bytes:
+        raise RuntimeError(f"{r.spec.name}: host read gave {n} bytes, GET {r.data.bytes}")
     return Sample(seconds)
 
 

@@ -196,6 +196,7 @@ def incremental_mutation(layout: Layout, scale: float) -> Mutation:
 
 SNAPSHOT_CASES = (
     "raw_get",
+    "raw_host_read",
     "raw_put",
     "docker_cp_out",
     "docker_cp_in",
