@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import io
 import os
@@ -13,6 +14,7 @@ import pytest
 
 from docksnap.hostfs import resolve
 from docksnap.hostfs.tree import HostTree, parse_owners, tar_pieces
+from docksnap.service.hostcapture import host_chunks
 from docksnap.tarstream import TarIndexer
 from docksnap.tarstream.goheader import GoHeader, encode
 
@@ -184,3 +186,29 @@ def test_headers_read_back_as_written(header: GoHeader, expect: str) -> None:
     indexer.feed(data)
     indexer.finish()
     assert indexer.entries[0].mtime == header.mtime
+
+
+async def test_cancelled_stream_waits_for_the_worker_then_closes_every_descriptor(
+    tmp_path: Path,
+) -> None:
+    """Closing the tree's descriptors under a worker thread mid-read could hand their
+    numbers to other files: cancellation waits for the batch, then closes them all."""
+    for n in range(3):
+        (tmp_path / f"f{n}").write_bytes(os.urandom(3 * 1024 * 1024))
+    before = set(os.listdir("/proc/self/fd"))
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    tree = HostTree(fd, parse_owners(b"", b""))
+    stream = host_chunks(tree, recheck=False)
+
+    async def consume() -> None:
+        async for _ in stream:
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(consume())
+    await asyncio.sleep(0.001)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await stream.aclose()
+    assert tree.dir_fd == -1
+    assert set(os.listdir("/proc/self/fd")) <= before

@@ -249,13 +249,22 @@ async def host_chunks(tree: HostTree, *, recheck: bool) -> AsyncGenerator[bytes,
                 break
         return out
 
+    in_flight: asyncio.Future[list[bytes]] | None = None
     try:
         while True:
-            got = await asyncio.to_thread(batch)
+            in_flight = asyncio.ensure_future(asyncio.to_thread(batch))
+            got = await asyncio.shield(in_flight)
             if not got:
                 return
             for piece in got:
                 yield piece
     finally:
+        if in_flight is not None and not in_flight.done():
+            # Cancelled mid-batch: the worker thread still walks with the tree's
+            # descriptors. Closing them under it could hand their numbers to other
+            # files while it reads, so wait for the batch (at most ~4 MiB) first.
+            await asyncio.wait([in_flight])
+        if in_flight is not None and not in_flight.cancelled():
+            in_flight.exception()  # retrieved: the error, if any, is already raised
         pieces.close()
         tree.close()
