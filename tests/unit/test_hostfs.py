@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import errno
 import io
+import json
 import os
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -212,3 +214,49 @@ async def test_cancelled_stream_waits_for_the_worker_then_closes_every_descripto
     await stream.aclose()
     assert tree.dir_fd == -1
     assert set(os.listdir("/proc/self/fd")) <= before
+
+
+def _walk_as_nobody(top: Path) -> dict[str, list[Any]]:
+    """Walk ``top`` in a forked child that dropped root (root reads everything)."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        try:
+            os.close(read_end)
+            # Opened as root, as docksnap holds the container's directory; the
+            # walk below it then runs with nobody's rights.
+            tree = HostTree(os.open(top, os.O_RDONLY | os.O_DIRECTORY), parse_owners(b"", b""))
+            os.setgroups([])
+            os.setresgid(65534, 65534, 65534)
+            os.setresuid(65534, 65534, 65534)
+            data = b"".join(tar_pieces(tree, recheck=False))
+            with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+                names = [m.name for m in tar.getmembers()]
+            problems = [[p.path, p.reason] for p in tree.problems]
+            os.write(write_end, json.dumps({"names": names, "problems": problems}).encode())
+        except BaseException as exc:
+            os.write(write_end, json.dumps({"error": [repr(exc)]}).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as reader:
+        out = reader.read()
+    os.waitpid(pid, 0)
+    result: dict[str, list[Any]] = json.loads(out)
+    return result
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to walk as another user")
+def test_a_file_that_cannot_be_read_is_reported_not_skipped(tmp_path: Path) -> None:
+    top = tmp_path / "shared"
+    top.mkdir()
+    tmp_path.chmod(0o755)
+    (top / "open").write_text("x")
+    (top / "closed").write_text("secret")
+    (top / "closed").chmod(0o000)
+    (top / "locked").mkdir(mode=0o000)
+    result = _walk_as_nobody(top)
+    assert "./open" in result["names"]
+    assert "./closed" not in result["names"]
+    assert "./locked" in result["names"]  # the directory is there, its contents unknown
+    assert sorted(result["problems"]) == [["closed", "unreadable"], ["locked", "unreadable"]]
