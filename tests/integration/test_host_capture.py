@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -25,6 +28,8 @@ import docksnap
 from docksnap.errors import HostCaptureUnavailableError
 from docksnap.service.hostcapture import open_host_tree
 from tests.conftest import (
+    SESSION_ID,
+    SESSION_LABEL,
     SESSION_LABELS,
     TEST_IMAGE,
     read_file,
@@ -310,6 +315,23 @@ async def test_a_pid_that_is_not_the_containers_is_refused(chunked: docksnap.Cli
     assert await open_host_tree(chunked.docker, "elsewhere", state, "/", "auto") is None
 
 
+def run_cli(docker_host: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "DOCKER_HOST": docker_host,
+        "DOCKSNAP_STORE": "docker-volume:",
+        "DOCKSNAP_LABELS": f"{SESSION_LABEL}={SESSION_ID}",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "docksnap", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
 @contextlib.contextmanager
 def tcp_to_unix(path: str) -> Iterator[int]:
     """A loopback TCP port forwarding to a unix socket: the engine as a remote host."""
@@ -364,6 +386,17 @@ async def test_capture_host_on_a_remote_engine_fails_naming_the_reason() -> None
                 await box.start(TEST_IMAGE, entrypoint=sleeper("mkdir -p /w && echo x > /w/f"))
                 with pytest.raises(HostCaptureUnavailableError, match="remote engine"):
                     await box.snapshot_directory("/w", capture="host")
+                cli = await asyncio.to_thread(
+                    run_cli,
+                    f"tcp://127.0.0.1:{port}",
+                    "snapshot",
+                    box.name,
+                    "/w",
+                    "--capture",
+                    "host",
+                )
+                assert cli.returncode == 18
+                assert "remote engine" in cli.stderr
                 snap = await box.snapshot_directory("/w")
                 assert snap.capture == "archive"
                 await remote.snapshots.delete(snap.id)
@@ -380,8 +413,12 @@ async def test_capture_host_on_a_remote_engine_fails_naming_the_reason() -> None
                 if await read_file(local_b, box.name, "/w/f") is not None:
                     break
                 await asyncio.sleep(0.05)
-            snap = await box.snapshot_directory("/w", capture="host")
-            assert snap.capture == "host"
-            await local_b.snapshots.delete(snap.id)
+            cli = await asyncio.to_thread(
+                run_cli, host_b, "--json", "snapshot", box.name, "/w", "--capture", "host"
+            )
+            assert cli.returncode == 0, cli.stderr
+            document = json.loads(cli.stdout)
+            assert document["capture"] == "host"
+            await local_b.snapshots.delete(document["snapshot"]["id"])
         finally:
             await box.destroy()
