@@ -28,6 +28,7 @@ from _engine import BENCH_LABELS, IMAGE, SLEEP, Engine, docker_cli, file_pieces
 
 import docksnap
 from docksnap.docker import DockerClient
+from docksnap.service.hostcapture import host_chunks, open_host_tree
 
 Direction = Literal["out", "in"]  # out of a container (snapshot side) or into one (restore)
 SEED_STORE = "docker-volume:"
@@ -131,6 +132,7 @@ class Bench:
         snapshot: docksnap.DirectorySnapshot | None = None,
         profile: Path | None = None,
         restore_cache: str = "off",
+        capture: str = "archive",
     ) -> _worker.Result:
         """Run one docksnap operation in a fresh worker process.
 
@@ -150,14 +152,20 @@ class Bench:
             snapshot=snapshot.to_dict() if snapshot else None,
             profile=str(profile) if profile else None,
             restore_cache=restore_cache,
+            capture=capture,
         )
         return await _worker.call(request)
 
     async def snapshot(
-        self, store: str, directory: str, profile: Path | None = None
+        self, store: str, directory: str, profile: Path | None = None, capture: str = "archive"
     ) -> tuple[_worker.Result, docksnap.DirectorySnapshot]:
         result = await self.op(
-            "snapshot", store=store, container=self.source, directory=directory, profile=profile
+            "snapshot",
+            store=store,
+            container=self.source,
+            directory=directory,
+            profile=profile,
+            capture=capture,
         )
         return result, docksnap.DirectorySnapshot.from_dict(result.snapshot)
 
@@ -330,6 +338,27 @@ async def raw_get(r: Round) -> Sample:
     return Sample(seconds)
 
 
+@case(
+    "raw_host_read",
+    "out",
+    "host capture's tar stream (walk + read through /proc/<pid>/root) to nowhere",
+)
+async def raw_host_read(r: Round) -> Sample:
+    docker = r.bench.docker
+    info = await docker.inspect_container(r.bench.source)
+    state = {**info["State"], "Id": info["Id"], "Mounts": info.get("Mounts") or []}
+    t0, n = _clock(), 0
+    tree = await open_host_tree(docker, r.bench.source, state, r.spec.dir, "host")
+    assert tree is not None
+    async for piece in host_chunks(tree, recheck=False):
+        n += len(piece)
+    seconds = _clock() - t0
+    # Sub-second mtimes add a PAX header (1 KiB) per member to the engine's stream.
+    if n < r.data.bytes:
+        raise RuntimeError(f"{r.spec.name}: host read gave {n} bytes, GET {r.data.bytes}")
+    return Sample(seconds)
+
+
 async def _restore_like(r: Round, fill: Callable[[str], Awaitable[None]]) -> Sample:
     """Time create volume + create container + ``fill(container)`` + start."""
     engine = r.bench.engine
@@ -424,6 +453,28 @@ async def seed_restore(r: Round) -> Sample:
 async def snapshot(r: Round) -> Sample:
     sample, r.chunked = await r.snapshot_measured(r.spec.dir)
     return sample
+
+
+@case(
+    "snapshot_host",
+    "out",
+    "snapshot_directory(capture='host'): read through /proc/<pid>/root, fresh chunked store",
+    chunked=True,
+)
+async def snapshot_host(r: Round) -> Sample:
+    store = r.bench.new_store(f"{r.spec.name}-r{r.rep}-host")
+    try:
+        result, record = await r.bench.snapshot(store, r.spec.dir, capture="host")
+    finally:
+        await remove_store(store)
+    if record.capture != "host":
+        raise RuntimeError(f"{r.spec.name}: host capture fell back to {record.capture}")
+    return Sample(
+        result.seconds,
+        peak_rss_bytes=result.peak_rss_bytes,
+        rss_start_bytes=result.rss_start_bytes,
+        extra={"cpu_s": result.cpu_seconds, **_pause(record)},
+    )
 
 
 @case("resnapshot_unchanged", "out", "snapshot again, nothing changed (same store)", chunked=True)

@@ -196,6 +196,7 @@ def incremental_mutation(layout: Layout, scale: float) -> Mutation:
 
 SNAPSHOT_CASES = (
     "raw_get",
+    "raw_host_read",
     "raw_put",
     "docker_cp_out",
     "docker_cp_in",
@@ -204,6 +205,7 @@ SNAPSHOT_CASES = (
     "seed_snapshot",
     "seed_restore",
     "snapshot",
+    "snapshot_host",
     "resnapshot_unchanged",
     "restore",
     "warm_restore",

@@ -24,6 +24,7 @@ already catches ``ValueError`` keeps working::
     ├── CaptureIncompleteError           strict=True and the capture report is not empty (.report)
     ├── MergeConflictError               merge found conflicts under on_conflict="fail" (.conflicts)
     ├── ImageNotFoundError               the image a container snapshot needs is not on this engine
+    ├── HostCaptureUnavailableError      capture="host" is not possible here (.container, .reason)
     ├── TarError                         (docksnap.tarstream)
     │   ├── TarFormatError (ValueError)  a malformed or truncated tar stream (.offset)
     │   └── TarLimitError                a tar stream past a configured limit (.offset)
@@ -241,6 +242,20 @@ class ImageNotFoundError(DocksnapError):
     def __init__(self, image: str, message: str) -> None:
         super().__init__(message)
         self.image = image
+
+
+class HostCaptureUnavailableError(DocksnapError):
+    """``capture="host"`` was asked for and the container's files cannot be read from here.
+
+    ``reason`` says why: a remote engine, a stopped container, no permission,
+    a pid that is not the container's, a runtime mount in the directory.
+    ``capture="auto"`` falls back to the archive API for the same reasons.
+    """
+
+    def __init__(self, container: str, reason: str) -> None:
+        super().__init__(f"cannot capture container {container!r} from the host: {reason}")
+        self.container = container
+        self.reason = reason
 
 
 class DockerError(DocksnapError):

@@ -91,6 +91,9 @@ class DirectorySnapshot:
     ``paused_s`` is set on the record ``snapshot_directory`` returns: the seconds
     the container was held paused for it (``0.0`` without a pause). It says how
     the snapshot was taken, not what it holds, so it takes no part in equality.
+    ``capture`` is set alongside it: ``"host"`` when the directory was read
+    through the container's root from this host, ``"archive"`` when through the
+    engine's archive API.
     """
 
     id: str
@@ -100,6 +103,7 @@ class DirectorySnapshot:
     digest: str | None = None
     created_at: float | None = None
     paused_s: float | None = field(default=None, compare=False)
+    capture: str | None = field(default=None, compare=False)
     # What the store said when it returned this handle (snapshot_directory,
     # import_tar). Not part of the record: never compared, printed or serialized.
     info: SnapshotInfo | None = field(default=None, compare=False, repr=False, kw_only=True)
@@ -136,6 +140,8 @@ class DirectorySnapshot:
             or not self.paused_s >= 0
         ):
             raise InvalidSnapshotError("paused_s", self.paused_s, "must be a non-negative number")
+        if self.capture not in (None, "host", "archive"):
+            raise InvalidSnapshotError("capture", self.capture, "must be 'host', 'archive' or None")
 
     def to_dict(self) -> dict[str, Any]:
         """The record as JSON-ready data; extras appear only when set."""
@@ -147,6 +153,8 @@ class DirectorySnapshot:
             data["created_at"] = self.created_at
         if self.paused_s is not None:
             data["paused_s"] = self.paused_s
+        if self.capture is not None:
+            data["capture"] = self.capture
         return data
 
     @classmethod
@@ -157,7 +165,7 @@ class DirectorySnapshot:
         """
         if not isinstance(data, dict):
             raise InvalidSnapshotError("record", data, "must be a mapping")
-        allowed = {"id", "size", "dir", "name", "digest", "created_at", "paused_s"}
+        allowed = {"id", "size", "dir", "name", "digest", "created_at", "paused_s", "capture"}
         unknown = set(data) - allowed
         if unknown:
             # Keys of a foreign record need not be strings, nor comparable to each other.
@@ -174,6 +182,7 @@ class DirectorySnapshot:
             digest=data.get("digest"),
             created_at=data.get("created_at"),
             paused_s=data.get("paused_s"),
+            capture=data.get("capture"),
         )
 
 

@@ -105,8 +105,9 @@ def test_snapshot_restore_files_download_diff(server: Server) -> None:
     assert (record["dir"], record["name"]) == ("/w", "first")
 
     info = api.get(f"/v1/snapshots/{record['id']}").json()
-    # paused_s describes the snapshot request, not the stored record.
+    # paused_s and capture describe the snapshot request, not the stored record.
     assert record.pop("paused_s") >= 0
+    assert record.pop("capture") == "host"  # the test engine is local, docksnap is root
     assert info["snapshot"] == record
     assert info["source"]["container"] == box
     # What the save added: at least the incompressible 3 MB file, compressed or not.

@@ -23,6 +23,8 @@ import docksnap
 import docksnap.docker
 from docksnap import DirectorySnapshot, SnapshotRestore
 from docksnap.docker.client import ArchiveStream
+from docksnap.hostfs.tree import HostTree
+from docksnap.service import container as container_module
 from docksnap.store.base import TarReader
 from tests.conftest import (
     ALT_IMAGE,
@@ -320,9 +322,32 @@ async def test_container_is_paused_while_read(client: docksnap.Client, container
             yield archive
 
     client.docker.get_archive = spying_get_archive  # type: ignore[method-assign]
-    await box.snapshot_directory("/d")
-    await box.snapshot_directory("/d", pause=False)
+    await box.snapshot_directory("/d", capture="archive")
+    await box.snapshot_directory("/d", pause=False, capture="archive")
     assert seen == [True, False]
+    assert (await client.docker.inspect_container(box.name))["State"]["Paused"] is False
+
+
+@pytest.mark.white_box
+async def test_container_is_paused_while_the_host_walks(
+    client: docksnap.Client, containers: Boxes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Host capture: paused from the walk's start to its last read, unpaused after."""
+    box = await running(client, containers, "mkdir -p /d && echo x > /d/f")
+    seen: list[bool] = []
+    from docksnap.service.hostcapture import host_chunks as real_host_chunks
+
+    async def spying(tree: HostTree, *, recheck: bool) -> AsyncIterator[bytes]:
+        seen.append((await client.docker.inspect_container(box.name))["State"]["Paused"])
+        async for piece in real_host_chunks(tree, recheck=recheck):
+            yield piece
+        seen.append((await client.docker.inspect_container(box.name))["State"]["Paused"])
+
+    monkeypatch.setattr(container_module, "host_chunks", spying)
+    snap = await box.snapshot_directory("/d", capture="host")
+    assert snap.capture == "host"
+    await box.snapshot_directory("/d", pause=False, capture="host")
+    assert seen == [True, True, False, False]
     assert (await client.docker.inspect_container(box.name))["State"]["Paused"] is False
 
 

@@ -85,7 +85,7 @@ async def test_stalled_snapshot_stream_times_out_and_stores_nothing(
     box = await running(slow_client, boxes, "mkdir /d && head -c 2000000 /dev/urandom > /d/f")
     engine.inject(Fault("GET", ARCHIVE, "stall_after", after=64 * 1024))
     with pytest.raises(docksnap.DockerTimeoutError) as caught:
-        await box.snapshot_directory("/d")
+        await box.snapshot_directory("/d", capture="archive")
     assert caught.value.operation == "read archive"
     assert [i async for i in slow_client.snapshots.list()] == []
     state = await slow_client.docker.inspect_container(box.name)
@@ -119,7 +119,7 @@ async def test_slow_but_moving_stream_is_not_cut(
     box = await running(slow_client, boxes, "mkdir /d && head -c 200000 /dev/urandom > /d/f")
     piece = 4 * 1024
     engine.inject(Fault("GET", ARCHIVE, "slow", after=piece))
-    snap = await box.snapshot_directory("/d")
+    snap = await box.snapshot_directory("/d", capture="archive")
     assert snap.size / piece * SLOW_TICK > 1.5 * TIMEOUT  # it did take longer than a timeout
     again = slow_client.container(unique_name("ds-timeout"))
     boxes.append(again)

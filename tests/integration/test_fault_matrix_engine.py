@@ -233,7 +233,7 @@ async def world(
         for _ in range(100):
             if await client.docker.stat_path(source, "/d/g") is not None:
                 break
-        base = await client.container(source).snapshot_directory("/d")
+        base = await client.container(source).snapshot_directory("/d", capture="archive")
         world = World(client, engine, source, base, unique_name("ds-fault"))
         try:
             yield world
@@ -257,7 +257,9 @@ async def _clean_up(case: Case, world: World) -> None:
 async def run_operation(world: World, operation: str) -> None:
     client = world.client
     if operation == "snapshot":
-        await client.container(world.source).snapshot_directory("/d")
+        # The archive path: its engine calls are what the faults hit (host capture
+        # reads no archive; its own faults are tests/unit/test_hostfs.py's).
+        await client.container(world.source).snapshot_directory("/d", capture="archive")
     elif operation in ("start", "merge", "cached-start"):
         restore = SnapshotRestore(world.base, merge=operation == "merge")
         box = client.container(world.target)

@@ -210,7 +210,8 @@ def test_snapshots_from_the_engine_are_stored_byte_for_byte(chunked: Cli) -> Non
     box = chunked.run_box(
         "mkdir -p /app/" + "d" * 120 + " && echo hi > /app/f && ln -s /etc /app/l"
     )
-    snap = chunked.snapshot(box, "/app")["snapshot"]
+    # The archive path; host capture's own byte-for-byte test is in test_host_capture.py.
+    snap = chunked.snapshot(box, "/app", "--capture", "archive")["snapshot"]
     exported = chunked("export", snap["id"]).stdout
     engine = subprocess.run(
         ["docker", "cp", f"{box}:/app/.", "-"], capture_output=True, check=True

@@ -37,6 +37,7 @@ class ExitCode(IntEnum):
     CAPTURE_INCOMPLETE = 15
     MERGE_CONFLICT = 16
     IMAGE_NOT_FOUND = 17
+    HOST_CAPTURE_UNAVAILABLE = 18
     INTERRUPTED = 130
     BROKEN_PIPE = 141
 
@@ -58,6 +59,7 @@ EXIT_CODES: dict[type[BaseException], ExitCode] = {
     errors.ImageNotFoundError: ExitCode.IMAGE_NOT_FOUND,
     errors.CacheEntryNotFoundError: ExitCode.SNAPSHOT_NOT_FOUND,
     errors.CacheEntryInUseError: ExitCode.CONTAINER,
+    errors.HostCaptureUnavailableError: ExitCode.HOST_CAPTURE_UNAVAILABLE,
     # A malformed or oversized tar stream is refused like an unsafe one: nothing stored.
     errors.UnsafeArchiveError: ExitCode.ARCHIVE_REFUSED,
     TarError: ExitCode.ARCHIVE_REFUSED,
@@ -112,6 +114,9 @@ _HINTS: dict[type[BaseException], str] = {
     errors.ImageNotFoundError: "pull or load that image on this engine first (`docker pull`)",
     errors.CacheEntryNotFoundError: "`docksnap cache ls` lists this host's restore cache",
     errors.CacheEntryInUseError: "`docksnap rm-container NAME` releases its view first",
+    errors.HostCaptureUnavailableError: (
+        "use --capture archive (or auto) to read it through the engine's archive API"
+    ),
 }
 
 

@@ -123,7 +123,12 @@ async def snapshot_directory(
 
     async def work() -> dict[str, Any]:
         snapshot = await rt.client.container(name).snapshot_directory(
-            body.dir, name=body.name, pause=body.pause, size_limit=body.size_limit, ttl=body.ttl
+            body.dir,
+            name=body.name,
+            pause=body.pause,
+            size_limit=body.size_limit,
+            ttl=body.ttl,
+            capture=body.capture,
         )
         rt.changed()
         return shapes.record(snapshot)

@@ -44,6 +44,8 @@ _STATUS: dict[ExitCode, int] = {
     ExitCode.MERGE_CONFLICT: 409,
     # An image the engine lacks, named by the caller (whole-container restore).
     ExitCode.IMAGE_NOT_FOUND: 422,
+    # capture="host" asked of an engine or container it cannot work for.
+    ExitCode.HOST_CAPTURE_UNAVAILABLE: 422,
     ExitCode.INTERRUPTED: 503,
 }
 

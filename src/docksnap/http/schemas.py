@@ -33,9 +33,12 @@ class Record(BaseModel):
 
 
 class Taken(Record):
-    """The answer to a snapshot request: the record, and how long the container was paused."""
+    """The answer to a snapshot request: the record, how long the container was paused,
+    and how its directory was read (``host``: through the container's root from
+    the server's host; ``archive``: the engine's archive API)."""
 
     paused_s: float | None = None
+    capture: Literal["host", "archive"] | None = None
 
 
 class Source(BaseModel):
@@ -223,6 +226,7 @@ class SnapshotRequest(_Strict):
     pause: bool = True
     ttl: float | None = Field(default=None, gt=0)
     size_limit: int | None = Field(default=None, gt=0)
+    capture: Literal["auto", "host", "archive"] = "auto"
 
 
 class SignalRequest(_Strict):

@@ -62,6 +62,12 @@ class Capture:
     capture keeps the changed paths); ``excludes`` then leaves out matches.
     ``paused`` says whether the container was paused while read (then nothing can
     have changed under the reader, and no re-check runs).
+
+    ``walked`` is given for a host capture (:mod:`docksnap.service.hostcapture`):
+    the list its walk fills with what it could not capture (sockets, unreadable
+    files, attributes it does not carry, files that changed while read), read
+    once the stream ended. It replaces the engine-side checks, which would only
+    guess at what the walk saw.
     """
 
     def __init__(
@@ -74,6 +80,7 @@ class Capture:
         paused: bool = True,
         strict: bool = False,
         select: Callable[[TarEntry], bool] | None = None,
+        walked: list[ReportEntry] | None = None,
     ) -> None:
         self._docker = docker
         self._container = container
@@ -83,6 +90,7 @@ class Capture:
         self._paused = paused
         self._strict = strict
         self._select = select
+        self._walked = walked
         self._filter = TarFilter(self._decide)
         self.report: CaptureReport | None = None
         self._changed: list[str] | None = None
@@ -121,13 +129,17 @@ class Capture:
             for entry, reason in self._filter.dropped
             if reason is not None
         ]
-        checked = ["changes"]
-        problems += await self._missing_from_archive()
-        if await self._check_xattrs(problems):
-            checked.append("xattrs")
-        if not self._paused:
-            checked.append("reread")
-            problems += await self._changed_while_read()
+        if self._walked is not None:
+            problems += [p for p in self._walked if not self._excluded_by_pattern(p.path)]
+            checked = ["walk", "xattrs"] if self._paused else ["walk", "xattrs", "reread"]
+        else:
+            checked = ["changes"]
+            problems += await self._missing_from_archive()
+            if await self._check_xattrs(problems):
+                checked.append("xattrs")
+            if not self._paused:
+                checked.append("reread")
+                problems += await self._changed_while_read()
         excluded = self._excluder.count if self._excluder else 0
         self.report = build_report(problems, excluded=excluded, checked=tuple(checked))
         if self._strict and not self.report.ok:
@@ -135,7 +147,10 @@ class Capture:
         root = self._filter.root
         if (self.report.ok and not excluded) or root is None:
             return b""
-        return root_with_records(root, self.report.to_pax())
+        # The repeated root entry is applied after the first: it must carry the
+        # first one's sub-second mtime too (host capture), or a restore loses it.
+        kept = {k: v for k, v in self._filter.root_pax.items() if k == "mtime"}
+        return root_with_records(root, {**kept, **self.report.to_pax()})
 
     # -- what the archive did not carry --------------------------------------------
 

@@ -36,6 +36,7 @@ from docksnap.errors import (
     SnapshotTooLargeError,
     StoreError,
 )
+from docksnap.hostfs.tree import HostTree
 from docksnap.model import (
     DirectorySnapshot,
     SnapshotRestore,
@@ -47,6 +48,7 @@ from docksnap.service import container_snapshot as cs
 from docksnap.service import excludes as excludes_mod
 from docksnap.service import options, runopts
 from docksnap.service.capture import Capture, read_ignore_file
+from docksnap.service.hostcapture import CaptureMode, capture_mode, host_chunks, open_host_tree
 from docksnap.service.orphans import remove_helpers_of
 from docksnap.service.pause import PauseHold, no_pause, paused
 from docksnap.service.progress import Operation, ProgressHook, track
@@ -319,6 +321,7 @@ class Container:
         ignore_file: bool = False,
         strict: bool = False,
         spool_limit: int = DEFAULT_SPOOL_LIMIT,
+        capture: CaptureMode = "auto",
     ) -> DirectorySnapshot:
         """Snapshot ``dir`` of the container into the client's store.
 
@@ -343,7 +346,19 @@ class Container:
         The result's ``report`` says what was not captured faithfully
         (:mod:`docksnap.service.capture`); with ``strict`` any such member raises
         :class:`~docksnap.errors.CaptureIncompleteError` and nothing is stored.
+
+        ``capture`` chooses how the directory is read (:mod:`docksnap.service.hostcapture`):
+        ``"host"`` through the container's root from this host (the engine is
+        local and its containers' processes are ours to read), which also keeps
+        sub-second mtimes, ``user.*`` attributes and POSIX ACLs; ``"archive"``
+        through the engine's archive API; ``"auto"`` (default) the host when it
+        can, else the archive, with the reason logged. ``"host"`` that cannot be
+        done raises :class:`~docksnap.errors.HostCaptureUnavailableError`. The
+        result's ``capture`` says which one was used. Both give the same
+        members in the same order with the same headers, except for what the
+        archive API drops (docs/METADATA.md).
         """
+        mode = capture_mode(capture)
         patterns = excludes_mod.combine(exclude)
         path = normalize_path(dir, what="snapshot directory")
         name = options.snapshot_name(name)
@@ -364,22 +379,24 @@ class Container:
                 try:
                     if ignore_file:
                         patterns += await read_ignore_file(self._docker, self.name, path)
-                    capture = Capture(
+                    tree = await open_host_tree(self._docker, self.name, state, path, mode)
+                    capturing = Capture(
                         self._docker,
                         self.name,
                         path,
                         excludes=excludes_mod.Excludes(patterns) if patterns else None,
                         paused=still,
                         strict=strict,
+                        walked=tree.problems if tree is not None else None,
                     )
                     with track(self._context.progress, Operation.SNAPSHOT, record.id) as progress:
                         async with (
-                            self._docker.get_archive(self.name, archive_path) as archive,
+                            self._source(tree, archive_path, recheck=not still) as chunks,
                             read_ahead(
                                 # Filtered before the limit: excluded bytes do not count.
                                 _limited(
-                                    capture.stream(
-                                        progress.stream(archive.chunks),
+                                    capturing.stream(
+                                        progress.stream(chunks),
                                         on_source_end=hold.release,
                                     ),
                                     limit,
@@ -397,7 +414,11 @@ class Container:
                         raise DirectoryNotFoundError(self.name, path) from exc
                     raise
         return dataclasses.replace(
-            info.snapshot, info=info, report=capture.report, paused_s=round(hold.paused_s, 3)
+            info.snapshot,
+            info=info,
+            report=capturing.report,
+            paused_s=round(hold.paused_s, 3),
+            capture="archive" if tree is None else "host",
         )
 
     async def snapshot_container(
@@ -504,6 +525,7 @@ class Container:
         state["Image"] = info.get("Image")
         state["Id"] = info.get("Id")
         state["Labels"] = (info.get("Config") or {}).get("Labels") or {}
+        state["Mounts"] = info.get("Mounts") or []
         return state
 
     async def _require_running(self) -> dict[str, Any]:
@@ -525,6 +547,22 @@ class Container:
         if exc.status == 404:
             return ContainerNotFoundError(self.name, f"no such container {self.name!r}")
         return exc
+
+    @contextlib.asynccontextmanager
+    async def _source(
+        self, tree: HostTree | None, archive_path: str, *, recheck: bool
+    ) -> AsyncIterator[AsyncIterator[bytes]]:
+        """The directory's tar stream: generated from the host tree, or the engine's archive."""
+        if tree is not None:
+            chunks = host_chunks(tree, recheck=recheck)
+            try:
+                yield chunks
+            finally:
+                await chunks.aclose()
+                tree.close()  # an unstarted generator's aclose runs no finally
+            return
+        async with self._docker.get_archive(self.name, archive_path) as archive:
+            yield archive.chunks
 
     @contextlib.asynccontextmanager
     async def _paused(self, container_id: str, pause: bool) -> AsyncIterator[PauseHold]:

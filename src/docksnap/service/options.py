@@ -126,9 +126,4 @@ def cache_size(value: object, *, source: str = "cache_size") -> int:
         match = _SIZE_TEXT.fullmatch(value)
         if match:
             value = int(match[1]) * _SIZE_FACTORS[(match[2] or "").lower()[:1]]
-    number = _integer(value)
-    if number is None or number <= 0:
-        raise InvalidArgumentError(
-            f"{source} must be a positive size in bytes (or like 10GiB), got {value!r}"
-        )
-    return number
+    return _whole(value, f"{source} must be a positive size in bytes (or like 10GiB)", 1)

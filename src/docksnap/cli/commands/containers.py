@@ -26,6 +26,7 @@ from docksnap.model import DirectorySnapshot, SnapshotRestore, normalize_path
 from docksnap.service import runopts
 from docksnap.service.client import Client
 from docksnap.service.excludes import combine
+from docksnap.service.hostcapture import CAPTURE_MODES, CaptureMode
 from docksnap.service.progress import Operation
 
 
@@ -385,6 +386,15 @@ def restore(app: App, snapshot_refs: tuple[str, ...], container: str, force: boo
     help="Most bytes spooled to a temporary file while the store catches up with the"
     " engine (0: none; past it the pause lasts longer). [default: 4GiB]",
 )
+@click.option(
+    "--capture",
+    type=click.Choice(CAPTURE_MODES),
+    default="auto",
+    show_default=True,
+    help="How to read DIR: host (through the container's root from this host; keeps"
+    " nanosecond mtimes, user.* xattrs and ACLs), archive (the engine's archive API),"
+    " auto (host when possible, else archive).",
+)
 @output_options
 @pass_app
 def snapshot(
@@ -400,6 +410,7 @@ def snapshot(
     ignore_file: bool,
     strict: bool,
     spool_limit: int | None,
+    capture: CaptureMode,
 ) -> None:
     """Snapshot a directory of a container into the store.
 
@@ -428,6 +439,7 @@ def snapshot(
             exclude=patterns,
             ignore_file=ignore_file,
             strict=strict,
+            capture=capture,
             **spool,
         )
         elapsed = time.monotonic() - started
@@ -440,6 +452,9 @@ def snapshot(
         return Result(result.document, lines, result.quiet_lines)
 
     app.run(body)
+
+
+_CAPTURE_WORDS = {"host": "host (container root)", "archive": "engine's archive API"}
 
 
 async def saved_result(
@@ -465,6 +480,9 @@ async def saved_result(
         paused_s = snap.paused_s or 0.0
         speed += f", container paused {paused_s:.2f} s" if pause else ", not paused"
         document = {**document, "paused": paused, "paused_s": paused_s}
+    if snap.capture is not None:
+        speed += f", read through the {_CAPTURE_WORDS[snap.capture]}"
+        document = {**document, "capture": snap.capture}
     lines = [*render.snapshot_table([info]), speed]
     if snap.report is not None:
         lines.append(render.report_line(snap.report))
