@@ -50,7 +50,31 @@ def make_chunker(params: ChunkerParams) -> pyfastcdc.FastCDC:
     )
 
 
-class StreamCutter:
+class _SegmentFiller:
+    """What both cutters share: copying fed bytes into the current segment buffer,
+    calling :meth:`_buffer_full` each time it fills (which must start a new one)."""
+
+    _buffer: bytearray
+    _fill: int
+    _capacity: int
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        """Append ``data`` to the stream; emits every segment that fills up."""
+        with memoryview(data) as view:
+            pos = 0
+            while pos < len(view):
+                take = min(self._capacity - self._fill, len(view) - pos)
+                self._buffer[self._fill : self._fill + take] = view[pos : pos + take]
+                self._fill += take
+                pos += take
+                if self._fill == self._capacity:
+                    self._buffer_full()
+
+    def _buffer_full(self) -> None:
+        raise NotImplementedError
+
+
+class StreamCutter(_SegmentFiller):
     """Copy pieces into segment buffers and emit each segment with its cut points.
 
     ``take_buffer()`` supplies an empty buffer of ``capacity`` bytes (it may block:
@@ -77,17 +101,8 @@ class StreamCutter:
         self._fill = 0
         self._stream_offset = 0
 
-    def feed(self, data: bytes | bytearray | memoryview) -> None:
-        """Append ``data`` to the stream; emits every segment that fills up."""
-        with memoryview(data) as view:
-            pos = 0
-            while pos < len(view):
-                take = min(self._capacity - self._fill, len(view) - pos)
-                self._buffer[self._fill : self._fill + take] = view[pos : pos + take]
-                self._fill += take
-                pos += take
-                if self._fill == self._capacity:
-                    self._cut(final=False)
+    def _buffer_full(self) -> None:
+        self._cut(final=False)
 
     def finish(self) -> None:
         """End of stream: emit the last segment (if it holds any bytes)."""
@@ -135,7 +150,7 @@ class RegionSegment:
     items: tuple[Item, ...]
 
 
-class RegionCutter:
+class RegionCutter(_SegmentFiller):
     """Cut a stream into chunks region by region (docs/FORMAT.md §11.11).
 
     A region's chunks are ``cut_buf`` over that region's bytes alone, so they do
@@ -179,18 +194,9 @@ class RegionCutter:
             if offset > self._position and (not self._cuts or offset > self._cuts[-1]):
                 self._cuts.append(offset)
 
-    def feed(self, data: bytes | bytearray | memoryview) -> None:
-        """Append ``data`` to the stream; emits every segment that fills up."""
-        with memoryview(data) as view:
-            pos = 0
-            while pos < len(view):
-                take = min(self._capacity - self._fill, len(view) - pos)
-                self._buffer[self._fill : self._fill + take] = view[pos : pos + take]
-                self._fill += take
-                pos += take
-                if self._fill == self._capacity:
-                    self._settle(final=False)
-                    self._next_buffer()
+    def _buffer_full(self) -> None:
+        self._settle(final=False)
+        self._next_buffer()
 
     def reuse(self, chunks: tuple[ChunkRef, ...], nbytes: int) -> None:
         """Place ``chunks`` (``nbytes`` in all) at the stream's current end, which
