@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 _BLOCK = 512
 _NAME_SIZE = 100
-_MAX_OCTAL_7 = 8**7
-_MAX_OCTAL_11 = 8**11
+MAX_OCTAL_7 = 8**7  # an 8-byte octal field
+MAX_OCTAL_11 = 8**11  # a 12-byte octal field
 _END_OF_ARCHIVE = bytes(2 * _BLOCK)
 _PAX_HEADER_NAME = b"././@PaxHeader"
 
@@ -71,26 +71,38 @@ def _dir_member(name: bytes, mode: int, uid: int, gid: int, mtime: int) -> bytes
     pax: list[bytes] = []
     if len(name) > _NAME_SIZE:
         pax.append(pax_record(b"path", name))
-    if uid >= _MAX_OCTAL_7:
+    if uid >= MAX_OCTAL_7:
         pax.append(pax_record(b"uid", b"%d" % uid))
-    if gid >= _MAX_OCTAL_7:
+    if gid >= MAX_OCTAL_7:
         pax.append(pax_record(b"gid", b"%d" % gid))
-    if not 0 <= mtime < _MAX_OCTAL_11:
+    if not 0 <= mtime < MAX_OCTAL_11:
         pax.append(pax_record(b"mtime", b"%d" % mtime))
     header = _header(
         name[:_NAME_SIZE],
         b"5",
         size=0,
         mode=mode,
-        uid=uid if uid < _MAX_OCTAL_7 else 0,
-        gid=gid if gid < _MAX_OCTAL_7 else 0,
-        mtime=mtime if 0 <= mtime < _MAX_OCTAL_11 else 0,
+        uid=uid if uid < MAX_OCTAL_7 else 0,
+        gid=gid if gid < MAX_OCTAL_7 else 0,
+        mtime=mtime if 0 <= mtime < MAX_OCTAL_11 else 0,
     )
     if not pax:
         return header
     data = b"".join(pax)
     pax_header = _header(_PAX_HEADER_NAME, b"x", size=len(data), mode=0o644, uid=0, gid=0, mtime=0)
     return pax_header + data + bytes(-len(data) % _BLOCK) + header
+
+
+# The ustar type flags both header writers use.
+TYPEFLAGS = {
+    "file": b"0",
+    "hardlink": b"1",
+    "symlink": b"2",
+    "char": b"3",
+    "block": b"4",
+    "dir": b"5",
+    "fifo": b"6",
+}
 
 
 def pax_record(key: bytes, value: bytes) -> bytes:

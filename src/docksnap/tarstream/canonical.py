@@ -13,6 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from .build import MAX_OCTAL_7 as _MAX_OCTAL_7
+from .build import MAX_OCTAL_11 as _MAX_OCTAL_11
+from .build import TYPEFLAGS as _TYPEFLAGS
 from .build import pax_record
 from .entry import TarEntry
 from .errors import UnsafeArchiveError
@@ -21,17 +24,6 @@ from .indexer import BLOCK, DEFAULT_MAX_NAME_LENGTH, TarIndexer
 _END_OF_ARCHIVE = bytes(2 * BLOCK)
 _PAX_HEADER_NAME = b"././@PaxHeader"
 _NAME_SIZE = 100
-_MAX_OCTAL_7 = 8**7
-_MAX_OCTAL_11 = 8**11
-_TYPEFLAGS = {
-    "file": b"0",
-    "hardlink": b"1",
-    "symlink": b"2",
-    "char": b"3",
-    "block": b"4",
-    "dir": b"5",
-    "fifo": b"6",
-}
 
 Check = Callable[[TarEntry], None]
 

@@ -21,23 +21,13 @@ from __future__ import annotations
 import posixpath
 from dataclasses import dataclass
 
-from .build import pax_record
+from .build import MAX_OCTAL_7 as _MAX_OCTAL_7
+from .build import MAX_OCTAL_11 as _MAX_OCTAL_11
+from .build import TYPEFLAGS, pax_record
 
 BLOCK = 512
 _NAME, _PREFIX, _OWNER_NAME = 100, 155, 32
-_MAX_OCTAL_7 = 8**7
-_MAX_OCTAL_11 = 8**11
 _XATTR = b"SCHILY.xattr."
-
-TYPEFLAGS = {
-    "file": b"0",
-    "hardlink": b"1",
-    "symlink": b"2",
-    "char": b"3",
-    "block": b"4",
-    "dir": b"5",
-    "fifo": b"6",
-}
 
 
 @dataclass(frozen=True, slots=True)
