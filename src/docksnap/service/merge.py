@@ -57,11 +57,12 @@ from docksnap.service.tarfilter import (
     TarFilter,
     member_bytes,
     member_header,
+    rewritten_header,
 )
 from docksnap.store.base import SnapshotInfo, SnapshotSource, SnapshotStore
 from docksnap.store.chunked import ChunkedStore, Member, MemberChunkRecord, ReusedContent
 from docksnap.store.chunked.format import chunk_list_digest
-from docksnap.tarstream import TarEntry, normalize_name
+from docksnap.tarstream import DATA_TYPES, TarEntry, normalize_name
 
 OnConflict = Literal["fail", "ours", "theirs", "both"]
 POLICIES = ("fail", "ours", "theirs", "both")
@@ -209,7 +210,7 @@ def _scan_records(side: _Side, records: list[MemberChunkRecord]) -> None:
         if entry.path in side.entries:
             continue
         side.entries[entry.path] = entry
-        content = chunk_list_digest(record.content) if entry.type == "file" else ""
+        content = chunk_list_digest(record.content) if entry.type in DATA_TYPES else ""
         side.sigs[entry.path] = (
             entry.type,
             entry.mode,
@@ -424,9 +425,8 @@ async def _write_members(
                 dropped.add(entry.path)
                 continue
             if isinstance(decision, Rename):
-                header = member_header(
-                    msgspec.structs.replace(entry, path=decision.path, offset=-1)
-                )
+                renamed = msgspec.structs.replace(entry, path=decision.path, offset=-1)
+                header = rewritten_header(renamed, header)
             kept[label] += 1
             content = ReusedContent(record.content, entry.size) if record.content else ()
             yield Member(header, content)
