@@ -31,6 +31,7 @@ from tests.conftest import (
     SESSION_LABELS,
     TEST_IMAGE,
     read_file,
+    running,
     session_client,
     sleeper,
     unique_name,
@@ -70,20 +71,6 @@ async def client(
         yield facade
     finally:
         await facade.close()
-
-
-async def running(
-    client: docksnap.Client, boxes: Boxes, script: str = "", **kwargs: object
-) -> docksnap.Container:
-    """Start a container running ``script`` then sleeping; wait until the script is done."""
-    box = client.container(unique_name())
-    boxes.append(box)
-    await box.start(TEST_IMAGE, entrypoint=sleeper(script + "\ntouch /tmp/.ready"), **kwargs)  # type: ignore[arg-type]
-    for _ in range(100):
-        if await read_file(client, box.name, "/tmp/.ready") is not None:
-            return box
-        await asyncio.sleep(0.05)
-    raise AssertionError("container script did not finish")
 
 
 async def restored(
