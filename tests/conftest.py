@@ -228,3 +228,18 @@ async def read_file(client: docksnap.Client, container: str, path: str) -> bytes
 def sleeper(script: str = "") -> list[str]:
     """An entrypoint that runs ``script`` and then stays up."""
     return ["sh", "-c", f"{script}\nexec sleep 1000"] if script else ["sleep", "1000"]
+
+
+async def running(
+    client: docksnap.Client, boxes: list[docksnap.Container], script: str = "", **kwargs: object
+) -> docksnap.Container:
+    """Start a container (appended to ``boxes``, for the test to destroy) running
+    ``script`` then sleeping; return once the script is done."""
+    box = client.container(unique_name())
+    boxes.append(box)
+    await box.start(TEST_IMAGE, entrypoint=sleeper(script + "\ntouch /tmp/.ready"), **kwargs)  # type: ignore[arg-type]
+    for _ in range(200):
+        if await read_file(client, box.name, "/tmp/.ready") is not None:
+            return box
+        await asyncio.sleep(0.05)
+    raise AssertionError("container script did not finish")

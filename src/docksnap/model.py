@@ -78,7 +78,8 @@ class DirectorySnapshot:
     optional extras: a record carrying only the four seed fields still restores.
     ``digest`` names the content as the store committed it: the BLAKE3 of the tar
     stream, or for per-file snapshots of the chunked store the BLAKE3 of their
-    chunk list (docs/FORMAT.md §11.11); copies of one snapshot share it.
+    chunk list (docs/FORMAT.md §11.11). Copies of one snapshot share it, except a
+    per-file snapshot copied into a version-1 store, which records its stream's.
 
     ``info`` is set on the handles that ``snapshot_directory`` and ``import_tar``
     return: the full catalogue entry the store committed (source, TTL, times), so

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import random
 import tarfile
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from pathlib import PurePosixPath
 
 
@@ -81,11 +81,17 @@ def random_files(count: int, size: int, *, seed: int = 2) -> dict[str, bytes]:
 
 async def pieces(data: bytes, sizes: Iterable[int] = (65536,)) -> AsyncIterator[bytes]:
     """Yield ``data`` in pieces whose sizes cycle through ``sizes``."""
+    for _, piece in split(data, sizes):
+        yield piece
+
+
+def split(data: bytes, sizes: Iterable[int]) -> Iterator[tuple[int, bytes]]:
+    """``data`` in pieces whose sizes cycle through ``sizes``, each with its offset."""
     cycle = list(sizes)
     pos = index = 0
     while pos < len(data):
         step = cycle[index % len(cycle)]
-        yield data[pos : pos + step]
+        yield pos, data[pos : pos + step]
         pos += step
         index += 1
 

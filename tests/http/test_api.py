@@ -336,6 +336,64 @@ def test_long_operations_stream_progress_as_server_sent_events(server: Server) -
     assert (name, problem["type"]) == ("problem", type_uri(ExitCode.DIRECTORY_NOT_FOUND))
 
 
+def _start_with_events(server: Server, snapshot_id: str) -> tuple[str, list[tuple[str, Any]]]:
+    name = unique_name("ds-http")
+    server.containers.append(name)
+    body = {
+        "image": TEST_IMAGE,
+        "entrypoint": ["sleep", "1000"],
+        "snapshots": [{"id": snapshot_id}],
+    }
+    response = server.api.post(
+        f"/v1/containers/{name}", json=body, headers={"accept": "text/event-stream"}
+    )
+    return name, read_events(response)
+
+
+def test_the_restore_cache_over_http(server: Server) -> None:
+    """List, remove and prune the restore cache as `docksnap cache` does, with the
+    same errors; a warm restore (served from the cache) reports its progress as the
+    cold one (which filled the cache) did."""
+    box = server.start_box("mkdir -p /w && head -c 2000000 /dev/urandom > /w/f")
+    record = server.snapshot(box, "/w")
+    restored = []
+    for _ in ("cold", "warm"):
+        name, events = _start_with_events(server, record["id"])
+        assert events[-1][0] == "result", events
+        progress = [data for kind, data in events if kind == "progress"]
+        assert progress, events
+        last = progress[-1]
+        assert (last["stage"], last["snapshot_id"]) == ("restore", record["id"])
+        assert (last["done"], last["total"]) == (record["size"], record["size"])
+        restored.append(name)
+
+    listing = server.api.get("/v1/cache")
+    assert listing.status_code == 200, listing.text
+    document = listing.json()
+    (entry,) = [e for e in document["items"] if e["snapshot_id"] == record["id"]]
+    assert (entry["complete"], entry["in_use"], entry["references"]) == (True, True, 4)
+    assert entry["size"] == record["size"]
+    assert entry["name"].startswith("docksnap-cache-")
+    assert document["size_limit"] > 0
+    assert document["size"] >= entry["size"]
+
+    busy = server.api.delete(f"/v1/cache/{record['id']}")
+    assert entry["name"] in assert_problem(busy, 409, ExitCode.CONTAINER)["detail"]
+    pruned = server.api.post("/v1/cache/prune")
+    assert pruned.status_code == 200, pruned.text
+    assert entry["name"] not in pruned.json()["removed"]
+
+    for name in restored:
+        assert server.api.delete(f"/v1/containers/{name}").status_code == 204
+    removed = server.api.delete(f"/v1/cache/{entry['name']}")
+    assert removed.status_code == 200, removed.text
+    assert removed.json() == {"removed": [entry["name"]]}
+    again = server.api.delete(f"/v1/cache/{record['id']}")
+    assert record["id"] in assert_problem(again, 404, ExitCode.SNAPSHOT_NOT_FOUND)["detail"]
+    for bad in ("nothing-like-an-entry", "docksnap-cache-" + "g" * 32):
+        assert_problem(server.api.delete(f"/v1/cache/{bad}"), 400, None)
+
+
 def test_an_import_streams_progress_as_server_sent_events(server: Server) -> None:
     """The import is evented too: its events stream while the handler still reads the body."""
     archive = tar_of([(member("big.bin"), os.urandom(12_000_000)), (member("a"), b"a")])

@@ -171,11 +171,23 @@ def test_dashboard_login_search_tree_download_diff_timeline_store(
     assert [label in items[0].text, label + "-b" in items[1].text] == [True, True]
     browser.save_screenshot(str(shots / "05-timeline.png"))
 
+    # A restore through the restore cache, which the store page lists.
+    server.start_box("true", snapshots=[{"id": first["id"], "mount_point": "/restored"}])
+
     # The store page: a chart, and verify and gc with live progress.
     browser.get(server.base_url + "/store")
     chart = wait_for(browser, ec.presence_of_element_located((By.ID, "chart")))
     assert len(chart.find_elements(By.TAG_NAME, "polyline")) == 2
-    for button, expect in (("verify-button", '"ok": true'), ("gc-button", '"bytes_deleted"')):
+    # The restore cache: listed, and pruned (an answer without events; the entry in use stays).
+    link = browser.find_element(By.CSS_SELECTOR, f'#cache a[href="/snapshots/{first["id"]}"]')
+    row = link.find_element(By.XPATH, "./ancestor::tr")
+    assert row.find_elements(By.TAG_NAME, "td")[-1].text == "1"  # one container reads it
+    operations = (
+        ("verify-button", '"ok": true'),
+        ("gc-button", '"bytes_deleted"'),
+        ("cache-prune-button", '"removed"'),
+    )
+    for button, expect in operations:
         browser.find_element(By.ID, button).click()
         wait_for(
             browser,

@@ -31,6 +31,7 @@ from tests.conftest import (
     SESSION_LABELS,
     TEST_IMAGE,
     read_file,
+    running,
     session_client,
     sleeper,
     unique_name,
@@ -70,20 +71,6 @@ async def client(
         yield facade
     finally:
         await facade.close()
-
-
-async def running(
-    client: docksnap.Client, boxes: Boxes, script: str = "", **kwargs: object
-) -> docksnap.Container:
-    """Start a container running ``script`` then sleeping; wait until the script is done."""
-    box = client.container(unique_name())
-    boxes.append(box)
-    await box.start(TEST_IMAGE, entrypoint=sleeper(script + "\ntouch /tmp/.ready"), **kwargs)  # type: ignore[arg-type]
-    for _ in range(100):
-        if await read_file(client, box.name, "/tmp/.ready") is not None:
-            return box
-        await asyncio.sleep(0.05)
-    raise AssertionError("container script did not finish")
 
 
 async def restored(
@@ -550,4 +537,44 @@ async def test_the_volume_store_refuses_a_save_without_a_helper_image(
             await store.save(record, tar(), source=docksnap.SnapshotSource("", ""))
         assert await docker.inspect_volume(data_volume(record.id)) is None
     finally:
+        await docker.aclose()
+
+
+async def test_volume_stores_of_other_labels_do_not_see_each_other(docker_engine: None) -> None:
+    """Two clients with their own labels on one engine: each lists, counts, verifies
+    and collects only the snapshot volumes carrying its labels. An id still reaches
+    any snapshot on the engine, as it does in a shared chunked store."""
+    from docksnap.store.volume import VolumeStore, data_volume
+    from tests.conformance.streams import build_tar, pieces
+
+    docker = docksnap.docker.DockerClient()
+    engine = docksnap.docker.HelperVolumes(docker)
+    ours, theirs = (
+        VolumeStore(engine, extra_labels={**SESSION_LABELS, "docksnap-test.tenant": tenant})
+        for tenant in ("a", "b")
+    )
+    source = docksnap.SnapshotSource("c", TEST_IMAGE)
+    saved = []
+    # Theirs, half-written: a data volume whose meta never came (old enough for any grace).
+    torn = docksnap.model.new_snapshot_id()
+    torn_labels = theirs._labels(torn, time.time() - 7200)
+    try:
+        for store in (ours, theirs):
+            record = DirectorySnapshot(id=docksnap.model.new_snapshot_id(), size=0, dir="/d")
+            tar = build_tar({"f": store._extra["docksnap-test.tenant"].encode()})
+            saved.append(await store.save(record, pieces(tar), source=source))
+        await docker.create_volume(data_volume(torn), torn_labels)
+        mine, other = saved
+        assert [i.id for i in await ours.list()] == [mine.id]
+        assert [i.id for i in await theirs.list()] == [other.id]
+        assert (await ours.stats()).snapshots == 1
+        assert (await ours.verify()).snapshots_checked == 1
+        assert (await ours.gc(grace=0)).objects_deleted == 0
+        assert await docker.inspect_volume(data_volume(torn)) is not None
+        assert (await ours.get(other.id)).id == other.id
+        assert (await theirs.gc(grace=0)).objects_deleted == 1
+    finally:
+        for store, info in zip((ours, theirs), saved, strict=False):
+            await store.delete(info.id)
+        await docker.remove_volume(data_volume(torn))
         await docker.aclose()

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 import docksnap
-from tests.conftest import SESSION_LABELS, TEST_IMAGE, read_file, sleeper, unique_name
+from tests.conftest import SESSION_LABELS, TEST_IMAGE, read_file, running, sleeper, unique_name
 from tests.faultengine import SLOW_TICK, Fault, FaultEngine
-from tests.integration.test_core import _containers_named, _restore_volumes_of, running
+from tests.integration.test_core import _containers_named, _restore_volumes_of
 
 pytestmark = pytest.mark.docker
 

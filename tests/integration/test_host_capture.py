@@ -33,6 +33,7 @@ from tests.conftest import (
     SESSION_LABELS,
     TEST_IMAGE,
     read_file,
+    running,
     session_client,
     sleeper,
     unique_name,
@@ -56,32 +57,16 @@ TREE = (
 
 
 @pytest.fixture
-async def chunked(docker_engine: None, tmp_path: Path) -> AsyncIterator[docksnap.Client]:
-    """A client on a private chunked store: it keeps the stream byte for byte."""
+async def client(docker_engine: None, tmp_path: Path) -> AsyncIterator[docksnap.Client]:
+    """A client on a private chunked store: it keeps the stream byte for byte (and
+    the session's ``containers`` fixture destroys what the tests start on it)."""
     async with session_client((tmp_path / "store").as_uri()) as client:
         yield client
 
 
 @pytest.fixture
-async def containers(chunked: docksnap.Client) -> AsyncIterator[list[docksnap.Container]]:
-    """Append containers here; each is destroyed after the test."""
-    made: list[docksnap.Container] = []
-    yield made
-    for box in made:
-        await box.destroy()
-
-
-async def started(
-    client: docksnap.Client, made: list[docksnap.Container], script: str, **kw: Any
-) -> docksnap.Container:
-    box = client.container(unique_name("ds-host"))
-    made.append(box)
-    await box.start(TEST_IMAGE, entrypoint=sleeper(script + " && touch /ready"), **kw)
-    for _ in range(200):
-        if await read_file(client, box.name, "/ready") is not None:
-            return box
-        await asyncio.sleep(0.05)
-    raise AssertionError("container did not get ready")
+def chunked(client: docksnap.Client) -> docksnap.Client:
+    return client
 
 
 async def root_of(client: docksnap.Client, box: docksnap.Container) -> Path:
@@ -106,7 +91,7 @@ async def exported(client: docksnap.Client, snapshot_id: str) -> bytes:
 async def test_host_stream_is_the_engines_archive_byte_for_byte(
     chunked: docksnap.Client, containers: list[docksnap.Container]
 ) -> None:
-    box = await started(chunked, containers, TREE)
+    box = await running(chunked, containers, TREE)
     whole_seconds(await root_of(chunked, box) / "w")
     archive = await box.snapshot_directory("/w", capture="archive")
     host = await box.snapshot_directory("/w", capture="host")
@@ -123,7 +108,7 @@ async def test_restores_of_host_and_archive_captures_agree(
 ) -> None:
     """Both restore the same tree; host capture also gives back what the archive drops."""
     tree = TREE.replace(" && ln -s ../../../../.. /w/d/out", "")  # the engine refuses it
-    box = await started(chunked, containers, tree)
+    box = await running(chunked, containers, tree)
     root = await root_of(chunked, box) / "w"
     acl = _acl_user(1000)
     os.setxattr(root / "a", "user.origin", b"host\x00\xffbinary")
@@ -235,7 +220,7 @@ async def test_nothing_of_the_host_is_read(
         f"ln -s /proc/1/root{canary} /w/magic && ln -s ../../../../..{canary} /lnk && "
         f"ln -s /inside{canary} /w/ok"
     )
-    box = await started(chunked, containers, script)
+    box = await running(chunked, containers, script)
     snap = await box.snapshot_directory("/w", capture="host")
     data = await exported(chunked, snap.id)
     assert secret not in data
@@ -266,7 +251,7 @@ async def test_a_directory_swapped_for_a_symlink_mid_capture_does_not_escape(
         + canary
         + " /w/sw; rm /w/sw; mv /w/sw.d /w/sw; done) >/dev/null 2>&1 & true"
     )
-    box = await started(chunked, containers, script)
+    box = await running(chunked, containers, script)
     seen = set()
     for _ in range(25):
         snap = await box.snapshot_directory("/w", pause=False, capture="host")
@@ -282,7 +267,7 @@ async def test_sockets_are_reported_by_the_walk(
     chunked: docksnap.Client, containers: list[docksnap.Container]
 ) -> None:
     script = "mkdir -p /w/jail/dev && cp /bin/busybox /w/jail/ && chroot /w/jail /busybox syslogd"
-    box = await started(chunked, containers, script)
+    box = await running(chunked, containers, script)
     snap = await box.snapshot_directory("/w", capture="host")
     assert snap.report is not None
     assert [(e.path, e.reason) for e in snap.report.entries] == [("jail/dev/log", "socket")]
@@ -293,7 +278,7 @@ async def test_sockets_are_reported_by_the_walk(
 async def test_host_capture_unavailable_reasons(
     chunked: docksnap.Client, containers: list[docksnap.Container]
 ) -> None:
-    box = await started(chunked, containers, "mkdir -p /w && echo x > /w/f")
+    box = await running(chunked, containers, "mkdir -p /w && echo x > /w/f")
     # A runtime mount the engine's archive never shows: auto falls back.
     with pytest.raises(HostCaptureUnavailableError, match="/proc"):
         await box.snapshot_directory("/", capture="host")

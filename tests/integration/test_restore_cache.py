@@ -22,6 +22,7 @@ import pytest
 import docksnap
 from docksnap import labels as lbl
 from docksnap.service import restore_cache
+from docksnap.service.progress import Operation, Phase, ProgressEvent
 from docksnap.service.restore_cache import CacheEntry
 from docksnap.store.base import TarReader
 from tests.conftest import SESSION_LABELS, TEST_IMAGE, read_file, sleeper, unique_name
@@ -243,6 +244,34 @@ async def test_a_warm_restore_reads_nothing_from_the_store(
     await warm.start(TEST_IMAGE, entrypoint=sleeper(), snapshots=[snap])
     assert counting.calls == [snap.id]  # no second read
     assert (await _run(warm, "stat -c %s /work/r")).strip() == "300000"
+
+
+async def test_warm_and_cold_restores_report_the_same_progress(
+    cached: docksnap.Client, tmp_path: Path
+) -> None:
+    """A restore served from the cache reports the restore and its bytes, as the one
+    that filled the cache (and as a streamed one) does."""
+    snap = await _snapshot(cached, "head -c 300000 /dev/urandom > r")
+    events: list[ProgressEvent] = []
+    async with docksnap.Client(
+        store=cached.store.url, labels=SESSION_LABELS, restore_cache="auto", progress=events.append
+    ) as client:
+        seen = []
+        for _ in ("cold", "warm"):
+            events.clear()
+            box = _box(cached)
+            await client.container(box.name).start(
+                TEST_IMAGE, entrypoint=sleeper(), snapshots=[snap]
+            )
+            restores = [e for e in events if e.operation is Operation.RESTORE]
+            assert restores, events
+            first, last = restores[0], restores[-1]
+            assert (first.phase, last.phase) == (Phase.STARTED, Phase.FINISHED)
+            assert {e.task for e in restores} == {first.task}
+            seen.append((last.snapshot_id, last.bytes_done, last.bytes_total))
+            await client.container(box.name).destroy()
+    assert seen == [(snap.id, snap.size, snap.size)] * 2
+    assert (await _entry_of(cached, snap.id)).complete
 
 
 async def test_cache_off_streams_into_a_plain_volume(cached: docksnap.Client) -> None:

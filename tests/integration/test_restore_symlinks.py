@@ -18,8 +18,16 @@ import pytest
 
 import docksnap
 from docksnap import DirectorySnapshot, SnapshotRestore
-from tests.conftest import SESSION_ID, SESSION_LABELS, TEST_IMAGE, read_file, sleeper, unique_name
-from tests.integration.test_core import _containers_named, _restore_volumes_of, running
+from tests.conftest import (
+    SESSION_ID,
+    SESSION_LABELS,
+    TEST_IMAGE,
+    read_file,
+    running,
+    sleeper,
+    unique_name,
+)
+from tests.integration.test_core import _containers_named, _restore_volumes_of
 
 pytestmark = pytest.mark.docker
 

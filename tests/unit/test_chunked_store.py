@@ -28,8 +28,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from docksnap.errors import SnapshotCorruptError, StoreError, StoreFormatError
-from docksnap.model import DirectorySnapshot, new_snapshot_id
-from docksnap.store.base import SnapshotInfo, SnapshotSource
+from docksnap.model import DirectorySnapshot
+from docksnap.store.base import SnapshotInfo
 from docksnap.store.chunked import ChunkedStore, ChunkerParams
 from docksnap.store.chunked.cutter import Segment, StreamCutter, make_chunker
 from docksnap.store.chunked.format import (
@@ -43,14 +43,16 @@ from docksnap.store.chunked.format import (
 from docksnap.store.objects import ObjectInfo
 from docksnap.store.objects.local import LocalObjectStore
 from docksnap.tarstream import TarFormatError
+from tests.chunkedsupport import SOURCE, new_record, read_back, save
+from tests.chunkedsupport import files as files_under
 from tests.conformance.streams import (
     build_tar,
     pieces,
     random_files,
+    split,
     text_files,
 )
 
-SOURCE = SnapshotSource(container="unit", image="docksnap-test:latest")
 SMALL = ChunkerParams(avg_size=1024, min_size=256, max_size=4096)
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
@@ -65,24 +67,6 @@ async def store(root: Path) -> AsyncIterator[ChunkedStore]:
     store = ChunkedStore(LocalObjectStore(root), format_version=1)
     yield store
     await store.close()
-
-
-def new_record() -> DirectorySnapshot:
-    return DirectorySnapshot(id=new_snapshot_id(), size=0, dir="/data")
-
-
-async def save(store: ChunkedStore, data: bytes, sizes: tuple[int, ...] = (65536,)) -> SnapshotInfo:
-    return await store.save(new_record(), pieces(data, sizes), source=SOURCE)
-
-
-async def read_back(store: ChunkedStore, snapshot_id: str) -> bytes:
-    async with store.open(snapshot_id) as reader:
-        return b"".join([piece async for piece in reader])
-
-
-def files_under(root: Path, prefix: str) -> list[Path]:
-    base = root / prefix
-    return sorted(p for p in base.rglob("*") if p.is_file()) if base.exists() else []
 
 
 def chunk_bytes(root: Path) -> int:
@@ -128,11 +112,8 @@ def cut_in_pieces(data: bytes, piece_sizes: list[int], capacity: int) -> list[tu
         cuts.extend((segment.stream_offset + off, length) for off, length in segment.spans)
 
     cutter = StreamCutter(SMALL, capacity, lambda: bytearray(capacity), emit)
-    pos = index = 0
-    while pos < len(data):
-        step = piece_sizes[index % len(piece_sizes)]
-        cutter.feed(data[pos : pos + step])
-        pos, index = pos + step, index + 1
+    for _, piece in split(data, piece_sizes):
+        cutter.feed(piece)
     cutter.finish()
     return cuts
 

@@ -171,3 +171,52 @@ async def test_catalogue_copy_needs_an_opener_for_urls(
     report = await catalogue.copy(snapshot_id, to=(tmp_path / "by-url").as_uri())
     assert report.snapshot.id == snapshot_id
     assert opened == [(tmp_path / "by-url").as_uri()]
+
+
+def _files(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_size for p in root.rglob("*") if p.is_file()}
+
+
+async def test_a_per_file_snapshot_copied_into_a_version_1_store_twice(
+    stores: tuple[ChunkedStore, ChunkedStore], tmp_path: Path
+) -> None:
+    """A version-1 store records the stream's digest, the per-file source the chunk
+    list's: the second copy must still see the same snapshot and write nothing."""
+    source, _ = stores
+    target = ChunkedStore(LocalObjectStore(tmp_path / "v1", fsync=False), format_version=1)
+    try:
+        snapshot_id = await save(source)
+        assert await source.is_per_file(snapshot_id)
+        first = await copy_snapshot(source, target, snapshot_id)
+        assert first.streamed
+        assert first.bytes_copied == len(DATA)
+        written = _files(tmp_path / "v1")
+        again = await copy_snapshot(source, target, snapshot_id)
+        assert again.bytes_copied == 0
+        assert again.snapshot == first.snapshot
+        assert _files(tmp_path / "v1") == written
+        assert await read_back(target, snapshot_id) == DATA
+    finally:
+        await target.close()
+
+
+async def test_a_different_snapshot_in_a_version_1_store_is_refused(
+    stores: tuple[ChunkedStore, ChunkedStore], tmp_path: Path
+) -> None:
+    source, _ = stores
+    target = ChunkedStore(LocalObjectStore(tmp_path / "v1", fsync=False), format_version=1)
+    try:
+        snapshot_id = await save(source)
+        record = DirectorySnapshot(id=snapshot_id, size=0, dir="/data", name="n")
+        # The same length, one byte of the first file's content changed: only its
+        # bytes tell the two apart.
+        other = bytearray(DATA)
+        other[6000] ^= 0x01
+        await target.save(record, pieces(bytes(other)), source=SOURCE)
+        written = _files(tmp_path / "v1")
+        with pytest.raises(StoreError, match=f"{snapshot_id}.*different content"):
+            await copy_snapshot(source, target, snapshot_id)
+        assert _files(tmp_path / "v1") == written
+        assert await read_back(target, snapshot_id) == bytes(other)
+    finally:
+        await target.close()

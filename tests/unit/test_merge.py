@@ -234,3 +234,46 @@ async def test_a_merge_reuses_the_inputs_chunks(
     assert merged <= inputs
     assert await contents(store, result.snapshot.id) == {**ours, "theirs.bin": theirs["theirs.bin"]}
     assert after.logical_bytes - before.logical_bytes == merged_size
+
+
+def _with_other(files: dict[str, bytes], other: dict[str, bytes]) -> bytes:
+    """``files`` as :func:`build_tar` writes them, then ``other`` as members of type
+    "other" that carry data (type flag '7', which the indexer does not know)."""
+    buffer = io.BytesIO()
+    with (
+        tarfile.open(fileobj=io.BytesIO(build_tar(files))) as source,
+        tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar,
+    ):
+        for member in source:
+            tar.addfile(member, source.extractfile(member) if member.isfile() else None)
+        for name, data in other.items():
+            info = tarfile.TarInfo(f"./{name}")
+            info.type, info.size, info.mode = tarfile.CONTTYPE, len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+async def test_a_renamed_member_of_type_other_keeps_its_type_and_size(
+    store: ChunkedStore,
+) -> None:
+    async def other(data: bytes) -> str:
+        record = DirectorySnapshot(id=new_snapshot_id(), size=0, dir="/w")
+        tar = _with_other(BASE, {"odd": data})
+        return (await store.save(record, pieces(tar), source=SOURCE)).id
+
+    # Both sides change the content, not the size: only the bytes tell them apart.
+    ids = (await other(b"base\n"), await other(b"ours!\n"), await other(b"their\n"))
+    result = await merge_snapshots(store, *ids, on_conflict="both")
+    assert [(c.path, c.resolution) for c in result.conflicts] == [("odd", "both")]
+    async with store.open(result.snapshot.id) as reader:
+        raw = b"".join([piece async for piece in reader])
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+        members = {m.name.removeprefix("./"): m for m in tar}
+        assert {k: (m.type, m.size) for k, m in members.items() if k.startswith("odd")} == {
+            "odd": (tarfile.CONTTYPE, 6),
+            "odd.theirs": (tarfile.CONTTYPE, 6),
+        }
+        handle = tar.extractfile(members["odd.theirs"])
+        assert handle is not None
+        assert handle.read() == b"their\n"
+    assert (await contents(store, result.snapshot.id))["b.txt"] == b"bravo\n"

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import msgspec
@@ -21,7 +20,6 @@ import pytest
 
 from docksnap.errors import SnapshotCorruptError, StoreFormatError
 from docksnap.model import DirectorySnapshot, new_snapshot_id
-from docksnap.store.base import SnapshotInfo, SnapshotSource
 from docksnap.store.chunked import ChunkedStore, ChunkerParams
 from docksnap.store.chunked.format import GcLease
 from docksnap.store.chunked.leases import Lease
@@ -32,49 +30,17 @@ from docksnap.store.chunked.packs import (
     PackTable,
     read_pack_table,
 )
-from docksnap.store.objects.local import LocalObjectStore
+from tests.chunkedsupport import SOURCE, files, new_store, read_back, save
 from tests.conformance.streams import (
     build_tar,
     failing_after,
-    pieces,
     random_files,
     text_files,
 )
 
 SMALL = ChunkerParams(avg_size=4096, min_size=1024, max_size=16384)
-SOURCE = SnapshotSource(container="box", image="img:latest")
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 PROJECT = Path(SRC).parent
-
-
-def new_store(root: Path, **options: object) -> ChunkedStore:
-    return ChunkedStore(LocalObjectStore(root, fsync=False), **options)  # type: ignore[arg-type]
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    return tmp_path / "store"
-
-
-@pytest.fixture
-async def store(root: Path) -> AsyncIterator[ChunkedStore]:
-    store = new_store(root)
-    yield store
-    await store.close()
-
-
-async def save(store: ChunkedStore, data: bytes) -> SnapshotInfo:
-    record = DirectorySnapshot(id=new_snapshot_id(), size=0, dir="/data", name="n")
-    return await store.save(record, pieces(data), source=SOURCE)
-
-
-async def read_back(store: ChunkedStore, snapshot_id: str) -> bytes:
-    async with store.open(snapshot_id) as reader:
-        return b"".join([piece async for piece in reader])
-
-
-def files(root: Path, prefix: str) -> list[Path]:
-    return sorted(p for p in (root / prefix).rglob("*") if p.is_file())
 
 
 def stored_bytes(root: Path) -> int:

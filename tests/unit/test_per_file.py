@@ -15,8 +15,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from docksnap.errors import SnapshotCorruptError, StoreError
-from docksnap.model import DirectorySnapshot, new_snapshot_id
-from docksnap.store.base import SnapshotInfo, SnapshotSource
 from docksnap.store.chunked import ChunkedStore, ChunkerParams
 from docksnap.store.chunked.cutter import RegionCutter, RegionSegment, Reused, make_chunker
 from docksnap.store.chunked.format import (
@@ -32,12 +30,12 @@ from docksnap.store.chunked.members import Member, MemberChunkRecord, ReusedCont
 from docksnap.store.chunked.reader import PackFetcher
 from docksnap.store.objects.local import LocalObjectStore
 from docksnap.tarstream import MemberIndexer, TarFormatError
-from tests.conformance.streams import build_tar, pieces, random_files, text_files
+from tests.chunkedsupport import SOURCE, new_record, read_back, save
+from tests.conformance.streams import build_tar, random_files, split, text_files
 from tests.s3support import chunked_s3
 from tests.tarcraft import gnu_long, header, pax, with_data
 
 SMALL = ChunkerParams(avg_size=256, min_size=64, max_size=1024)
-SOURCE = SnapshotSource("c", "i")
 
 
 @pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
@@ -55,19 +53,6 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 
 def manifest_of(store: ChunkedStore, snapshot_id: str) -> Manifest:
     return decode_record(open_record(store.objects.get(manifest_key(snapshot_id))), Manifest)
-
-
-def record() -> DirectorySnapshot:
-    return DirectorySnapshot(id=new_snapshot_id(), size=0, dir="/data")
-
-
-async def save(store: ChunkedStore, data: bytes, sizes: tuple[int, ...] = (65536,)) -> SnapshotInfo:
-    return await store.save(record(), pieces(data, sizes), source=SOURCE)
-
-
-async def export(store: ChunkedStore, snapshot_id: str) -> bytes:
-    async with store.open(snapshot_id) as reader:
-        return b"".join([piece async for piece in reader])
 
 
 def content_chunks(records: list[MemberChunkRecord]) -> dict[str, tuple[object, ...]]:
@@ -89,13 +74,11 @@ def cut_regions(data: bytes, cuts: list[int], piece_sizes: list[int], capacity: 
 
     cutter = RegionCutter(SMALL, capacity, lambda: bytearray(capacity), emit)
     pending = sorted(cuts)
-    pos = index = 0
-    while pos < len(data):
-        step = piece_sizes[index % len(piece_sizes)]
-        cutter.cut_at([c for c in pending if c <= pos + step])
-        pending = [c for c in pending if c > pos + step]
-        cutter.feed(data[pos : pos + step])
-        pos, index = pos + step, index + 1
+    for pos, piece in split(data, piece_sizes):
+        end = pos + len(piece)
+        cutter.cut_at([c for c in pending if c <= end])
+        pending = [c for c in pending if c > end]
+        cutter.feed(piece)
     cutter.finish()
     return lengths
 
@@ -161,7 +144,7 @@ async def test_export_is_byte_identical_and_size_is_the_archive_length(
     data = odd_tar()
     info = await save(store, data if sizes != (1,) else data[:4096] + data[4096:], sizes)
     assert info.size == len(data)
-    assert await export(store, info.id) == data
+    assert await read_back(store, info.id) == data
     assert (await store.verify(info.id)).ok
     manifest = manifest_of(store, info.id)
     assert manifest.version == 3
@@ -195,7 +178,7 @@ async def assert_same_snapshot(store: ChunkedStore, a: str, b: str) -> None:
     ma, mb = manifest_of(store, a), manifest_of(store, b)
     assert (ma.chunks, ma.size, ma.digest, ma.version) == (mb.chunks, mb.size, mb.digest, 3)
     assert index_object(store, a) == index_object(store, b)
-    assert await export(store, a) == await export(store, b)
+    assert await read_back(store, a) == await read_back(store, b)
 
 
 @pytest.mark.parametrize("kind", ["docker", "odd"])
@@ -212,12 +195,12 @@ async def test_members_with_reused_data_save_the_same_snapshot_as_the_bytes(
     reused = [
         Member(head, record.reused()) for (head, _), record in zip(members, records, strict=True)
     ]
-    copy = await store.save_members(record(), reused, source=SOURCE, trailer=trailer)
+    copy = await store.save_members(new_record(), reused, source=SOURCE, trailer=trailer)
     await assert_same_snapshot(store, parent.id, copy.id)
     assert (await store.stats()).stored_bytes == stats_before.stored_bytes  # nothing new
 
     as_bytes = [Member(head, body) for head, body in members]
-    again = await store.save_members(record(), as_bytes, source=SOURCE, trailer=trailer)
+    again = await store.save_members(new_record(), as_bytes, source=SOURCE, trailer=trailer)
     await assert_same_snapshot(store, parent.id, again.id)
     assert (await store.verify()).ok
 
@@ -235,7 +218,7 @@ async def test_a_reused_chunk_that_is_not_stored_commits_nothing(
     members, trailer = members_of(data)
     given = [Member(h, r.reused()) for (h, _), r in zip(members, records, strict=True)]
     with pytest.raises(StoreError, match="given for reuse is not stored"):
-        await store.save_members(record(), given, source=SOURCE, trailer=trailer)
+        await store.save_members(new_record(), given, source=SOURCE, trailer=trailer)
     assert await store.list() == []
 
 
@@ -249,7 +232,7 @@ async def test_reused_data_of_the_wrong_size_is_refused(store: ChunkedStore) -> 
     ]
     swapped[-2] = Member(members[-2][0], records[-1].reused())  # a's header, b's data
     with pytest.raises(TarFormatError, match="declares"):
-        await store.save_members(record(), swapped, source=SOURCE, trailer=trailer)
+        await store.save_members(new_record(), swapped, source=SOURCE, trailer=trailer)
     assert [i.id for i in await store.list()] == [parent.id]
     with pytest.raises(ValueError, match="cannot hold"):
         ReusedContent(records[-1].content, 1)
@@ -287,7 +270,7 @@ async def test_older_snapshots_still_read_beside_per_file_ones(tmp_path: Path) -
     try:
         for version, snapshot_id in ids.items():
             assert manifest_of(store, snapshot_id).version == version
-            assert await export(store, snapshot_id) == data[version]
+            assert await read_back(store, snapshot_id) == data[version]
         assert (await store.verify()).ok
         with pytest.raises(StoreError, match="not cut per file"):
             await store.member_chunks(ids[2])

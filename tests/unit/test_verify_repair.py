@@ -4,20 +4,16 @@ produce on demand come from :class:`tests.faultstore.FaultyObjectStore`."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from docksnap.errors import StoreError, StoreUnavailableError
-from docksnap.model import DirectorySnapshot, new_snapshot_id
-from docksnap.store.base import SnapshotInfo, SnapshotSource
 from docksnap.store.chunked import ChunkedStore
 from docksnap.store.objects.local import LocalObjectStore
-from tests.conformance.streams import build_tar, pieces, random_files, text_files
+from tests.chunkedsupport import files, new_store, read_back, save
+from tests.conformance.streams import build_tar, random_files, text_files
 from tests.faultstore import FaultyObjectStore
-
-SOURCE = SnapshotSource(container="box", image="img:latest")
 
 
 class UnavailableStore(FaultyObjectStore):
@@ -26,36 +22,6 @@ class UnavailableStore(FaultyObjectStore):
     def _gate(self, method: str, key: str) -> None:
         if self.check(method) is not None:
             raise StoreUnavailableError(self.url, f"{method} {key}: still failing after 4 attempts")
-
-
-def new_store(root: Path, **options: object) -> ChunkedStore:
-    return ChunkedStore(LocalObjectStore(root, fsync=False), **options)  # type: ignore[arg-type]
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    return tmp_path / "store"
-
-
-@pytest.fixture
-async def store(root: Path) -> AsyncIterator[ChunkedStore]:
-    store = new_store(root)
-    yield store
-    await store.close()
-
-
-async def save(store: ChunkedStore, data: bytes) -> SnapshotInfo:
-    record = DirectorySnapshot(id=new_snapshot_id(), size=0, dir="/data", name="n")
-    return await store.save(record, pieces(data), source=SOURCE)
-
-
-async def read_back(store: ChunkedStore, snapshot_id: str) -> bytes:
-    async with store.open(snapshot_id) as reader:
-        return b"".join([piece async for piece in reader])
-
-
-def files(root: Path, prefix: str) -> list[Path]:
-    return sorted(p for p in (root / prefix).rglob("*") if p.is_file())
 
 
 def flip_a_byte(root: Path) -> Path:

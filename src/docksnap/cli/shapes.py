@@ -45,14 +45,7 @@ def info(item: SnapshotInfo) -> JSON:
 
 def entry(item: TarEntry) -> JSON:
     return {
-        "path": item.path,
-        "type": item.type,
-        "mode": item.mode,
-        "uid": item.uid,
-        "gid": item.gid,
-        "mtime": item.mtime,
-        "size": item.size,
-        "link": item.link,
+        **_fields(item, "path", "type", "mode", "uid", "gid", "mtime", "size", "link"),
         "xattrs": {name: xattr_value(value) for name, value in item.xattrs},
     }
 
@@ -79,14 +72,8 @@ def diff(result: SnapshotDiff) -> JSON:
 
 def verify(report: VerifyReport) -> JSON:
     return {
-        "ok": report.ok,
-        "snapshots_checked": report.snapshots_checked,
-        "objects_checked": report.objects_checked,
-        "bytes_checked": report.bytes_checked,
-        "problems": [
-            {"snapshot_id": p.snapshot_id, "object": p.object, "detail": p.detail}
-            for p in report.problems
-        ],
+        **_fields(report, "ok", "snapshots_checked", "objects_checked", "bytes_checked"),
+        "problems": [_fields(p, "snapshot_id", "object", "detail") for p in report.problems],
         "repaired": [
             {"chunk": r.chunk, "source": r.source, "snapshot_ids": list(r.snapshot_ids)}
             for r in report.repaired
@@ -98,9 +85,7 @@ def verify(report: VerifyReport) -> JSON:
 def gc(expired: Sequence[str], report: GcReport, orphans: OrphanReport) -> JSON:
     return {
         "expired": list(expired),
-        "objects_deleted": report.objects_deleted,
-        "bytes_deleted": report.bytes_deleted,
-        "objects_kept_young": report.objects_kept_young,
+        **_fields(report, "objects_deleted", "bytes_deleted", "objects_kept_young"),
         "orphans": {"containers": list(orphans.containers), "volumes": list(orphans.volumes)},
     }
 
@@ -108,24 +93,23 @@ def gc(expired: Sequence[str], report: GcReport, orphans: OrphanReport) -> JSON:
 def stats(store_url: str, totals: StoreStats) -> JSON:
     return {
         "store": store_url,
-        "snapshots": totals.snapshots,
-        "logical_bytes": totals.logical_bytes,
-        "stored_bytes": totals.stored_bytes,
-        "chunks": totals.chunks,
-        "dedup_ratio": totals.dedup_ratio,
-        "compression_ratio": totals.compression_ratio,
+        **_fields(
+            totals,
+            *("snapshots", "logical_bytes", "stored_bytes", "chunks"),
+            *("dedup_ratio", "compression_ratio"),
+        ),
         "extra": dict(totals.extra),
     }
 
 
 def cache_entry(item: CacheEntry) -> JSON:
-    return {
-        "name": item.name,
-        "snapshot_id": item.snapshot_id,
-        "size": item.size,
-        "created_at": item.created_at,
-        "last_used_at": item.last_used_at,
-        "complete": item.complete,
-        "in_use": item.in_use,
-        "references": item.references,
-    }
+    return _fields(
+        item,
+        *("name", "snapshot_id", "size", "created_at", "last_used_at"),
+        *("complete", "in_use", "references"),
+    )
+
+
+def _fields(item: object, *names: str) -> JSON:
+    """``item``'s attributes ``names`` under their own names, in that order."""
+    return {name: getattr(item, name) for name in names}

@@ -33,6 +33,13 @@ SnapshotId = Annotated[str, Path(pattern=schemas.SNAPSHOT_ID, description="A sna
 ContainerName = Annotated[
     str, Path(pattern=schemas.CONTAINER_NAME, description="The Docker container's name")
 ]
+CacheReference = Annotated[
+    str,
+    Path(
+        pattern=schemas.CACHE_REFERENCE,
+        description="A cache entry's name, or a snapshot id (every entry of that snapshot)",
+    ),
+]
 Limit = Annotated[int, Query(ge=1, le=1000)]
 Offset = Annotated[int, Query(ge=0, le=10**9)]
 TextFilter = Annotated[str | None, Query(max_length=4096)]
@@ -448,3 +455,42 @@ async def stats(request: Request) -> dict[str, Any]:
 async def history(request: Request) -> dict[str, Any]:
     """Store totals sampled by this server over time (at start and after every change)."""
     return {"samples": runtime(request).history.samples()}
+
+
+# -- the restore cache ----------------------------------------------------------------
+
+
+@router.get("/cache", response_model=schemas.CacheList, tags=["cache"])
+async def list_cache(request: Request) -> dict[str, Any]:
+    """This host's restore cache (`docksnap cache ls`), least recently used first."""
+    cache = runtime(request).client.cache
+    entries = await cache.list()
+    return {
+        "items": [shapes.cache_entry(e) for e in entries],
+        "size": sum(e.size for e in entries),
+        "size_limit": cache.size_limit,
+    }
+
+
+@router.delete(
+    "/cache/{reference}",
+    response_model=schemas.CacheRemoved,
+    tags=["cache"],
+    responses={
+        404: {"model": schemas.Problem, "description": "No such cache entry"},
+        409: {"model": schemas.Problem, "description": "A container reads the entry"},
+    },
+)
+async def remove_cache_entry(request: Request, reference: CacheReference) -> dict[str, Any]:
+    """Remove a cache entry, or every entry of a snapshot id (`docksnap cache rm`).
+
+    An entry a container reads is kept (``409``; the others are removed first);
+    the stored snapshot is not touched. Idempotent in effect: a second call is
+    ``404``."""
+    return {"removed": await runtime(request).client.cache.remove(reference)}
+
+
+@router.post("/cache/prune", response_model=schemas.CacheRemoved, tags=["cache"])
+async def prune_cache(request: Request) -> dict[str, Any]:
+    """Remove every entry no container reads, and fills that died (`docksnap cache prune`)."""
+    return {"removed": await runtime(request).client.cache.prune()}

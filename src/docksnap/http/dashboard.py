@@ -1,8 +1,9 @@
 """The dashboard: server-rendered pages over the same client, plus one small script.
 
-Pages read the catalogue directly; everything that changes state (verify, gc,
-logout) goes through the /v1 API from ``static/dashboard.js`` with the CSRF
-header, so the guard's checks are the only ones. Templates autoescape: every
+Pages read the catalogue (and the restore cache) directly; everything that
+changes state (verify, gc, cache prune, logout) goes through the /v1 API from
+``static/dashboard.js`` with the CSRF header, so the guard's checks are the
+only ones. Templates autoescape: every
 name, path and link target that came from a snapshot is text, never markup.
 """
 
@@ -157,7 +158,14 @@ async def store_page(request: Request) -> HTMLResponse:
         "logical_bytes": totals["logical_bytes"],
         "stored_bytes": totals["stored_bytes"],
     }
-    return _page(request, "store.html", stats=totals, chart=chart([*samples, now]))
+    return _page(
+        request,
+        "store.html",
+        stats=totals,
+        chart=chart([*samples, now]),
+        cache=await rt.client.cache.list(),
+        cache_limit=rt.client.cache.size_limit,
+    )
 
 
 # -- helpers ---------------------------------------------------------------------------

@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 SNAPSHOT_ID = r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
+# A restore cache entry's volume name, or a snapshot id (every entry of that snapshot).
+CACHE_REFERENCE = r"^(docksnap-cache-[0-9a-f]{32}|" + SNAPSHOT_ID[1:-1] + r")$"
 # Docker's own rule for container names.
 CONTAINER_NAME = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$"
 
@@ -180,6 +182,35 @@ class History(BaseModel):
 
 class Deleted(BaseModel):
     deleted: list[str]
+
+
+class CacheEntry(BaseModel):
+    """One snapshot materialized in this host's restore cache (docs/CACHE.md).
+
+    ``size`` is the snapshot's tar length; ``complete`` is false while it fills;
+    ``references`` counts the volumes of the restores reading it (two a restore),
+    and an entry ``in_use`` is never evicted or removed."""
+
+    name: str
+    snapshot_id: str
+    size: int
+    created_at: float
+    last_used_at: float
+    complete: bool
+    in_use: bool
+    references: int
+
+
+class CacheList(BaseModel):
+    """The entries, least recently used first; ``size`` their total, of ``size_limit``."""
+
+    items: list[CacheEntry]
+    size: int
+    size_limit: int
+
+
+class CacheRemoved(BaseModel):
+    removed: list[str]
 
 
 # -- requests -------------------------------------------------------------------

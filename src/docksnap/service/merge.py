@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import io
 import tarfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -57,11 +57,12 @@ from docksnap.service.tarfilter import (
     TarFilter,
     member_bytes,
     member_header,
+    rewritten_header,
 )
 from docksnap.store.base import SnapshotInfo, SnapshotSource, SnapshotStore
 from docksnap.store.chunked import ChunkedStore, Member, MemberChunkRecord, ReusedContent
 from docksnap.store.chunked.format import chunk_list_digest
-from docksnap.tarstream import TarEntry, normalize_name
+from docksnap.tarstream import DATA_TYPES, TarEntry, normalize_name
 
 OnConflict = Literal["fail", "ours", "theirs", "both"]
 POLICIES = ("fail", "ours", "theirs", "both")
@@ -117,6 +118,24 @@ class _Side:
     entries: dict[str, TarEntry] = field(default_factory=dict)
     sigs: dict[str, _Sig] = field(default_factory=dict)
 
+    def add(self, entry: TarEntry, content: str) -> None:
+        """Record a member whose data hashes to ``content`` ("" without data). A path
+        seen before keeps its first entry: a repeated root entry (where a capture
+        report rides) changes nothing."""
+        if entry.path in self.entries:
+            return
+        self.entries[entry.path] = entry
+        self.sigs[entry.path] = (
+            entry.type,
+            entry.mode,
+            entry.uid,
+            entry.gid,
+            entry.link,
+            entry.size,
+            content,
+            entry.xattrs,
+        )
+
 
 @dataclass(slots=True)
 class _Plan:
@@ -170,10 +189,12 @@ async def merge_snapshots(
     if unresolved:
         raise MergeConflictError(unresolved)
     _keep_ancestors(o, t, plan)
+    image = o.info.source.image if o.info.source else ""
+    out = _Output(b.info.dir, image, name, ttl)
     if per_file:
         assert isinstance(store, ChunkedStore)
-        return await _write_members(store, b, o, t, plan, name=name, ttl=ttl)
-    return await _write(store, b, o, t, plan, name=name, ttl=ttl)
+        return await _write_members(store, o, t, plan, out)
+    return await _write(store, o, t, plan, out)
 
 
 # -- reading -------------------------------------------------------------------------------
@@ -186,19 +207,7 @@ async def _scan(store: SnapshotStore, side: _Side) -> None:
         async for _ in scanner.run(aiter(reader)):
             pass
     for entry in scanner.entries:
-        if entry.path in side.entries:
-            continue  # a repeated root entry (where a capture report rides)
-        side.entries[entry.path] = entry
-        side.sigs[entry.path] = (
-            entry.type,
-            entry.mode,
-            entry.uid,
-            entry.gid,
-            entry.link,
-            entry.size,
-            scanner.digests.get(entry.path, ""),
-            entry.xattrs,
-        )
+        side.add(entry, scanner.digests.get(entry.path, ""))
 
 
 def _scan_records(side: _Side, records: list[MemberChunkRecord]) -> None:
@@ -206,20 +215,7 @@ def _scan_records(side: _Side, records: list[MemberChunkRecord]) -> None:
     identified by its chunk list, which equal bytes always give."""
     for record in records:
         entry = record.entry
-        if entry.path in side.entries:
-            continue
-        side.entries[entry.path] = entry
-        content = chunk_list_digest(record.content) if entry.type == "file" else ""
-        side.sigs[entry.path] = (
-            entry.type,
-            entry.mode,
-            entry.uid,
-            entry.gid,
-            entry.link,
-            entry.size,
-            content,
-            entry.xattrs,
-        )
+        side.add(entry, chunk_list_digest(record.content) if entry.type in DATA_TYPES else "")
 
 
 # -- deciding ------------------------------------------------------------------------------
@@ -394,14 +390,7 @@ async def _verified(store: SnapshotStore, info: SnapshotInfo) -> None:
 
 
 async def _write_members(
-    store: ChunkedStore,
-    b: _Side,
-    o: _Side,
-    t: _Side,
-    plan: _Plan,
-    *,
-    name: str | None,
-    ttl: float | None,
+    store: ChunkedStore, o: _Side, t: _Side, plan: _Plan, out: _Output
 ) -> MergeResult:
     """As :func:`_write`, for per-file inputs: member by member, with every kept
     member's data given as the input's chunks (never read)."""
@@ -424,9 +413,8 @@ async def _write_members(
                 dropped.add(entry.path)
                 continue
             if isinstance(decision, Rename):
-                header = member_header(
-                    msgspec.structs.replace(entry, path=decision.path, offset=-1)
-                )
+                renamed = msgspec.structs.replace(entry, path=decision.path, offset=-1)
+                header = rewritten_header(renamed, header)
             kept[label] += 1
             content = ReusedContent(record.content, entry.size) if record.content else ()
             yield Member(header, content)
@@ -440,30 +428,17 @@ async def _write_members(
         for path, data in sorted(plan.generated.items()):
             yield Member(member_header(_generated(o, path, data)), data)
 
-    record = DirectorySnapshot(id=new_snapshot_id(), size=0, dir=b.info.dir, name=name)
-    image = o.info.source.image if o.info.source else ""
-    source = SnapshotSource("merge", image)
-    info = await store.save_members(record, members(), source=source, ttl=ttl)
-    await _verified(store, info)
-    return MergeResult(
-        snapshot=info.snapshot,
-        conflicts=tuple(plan.conflicts),
-        from_ours=kept["ours"],
-        from_theirs=kept["theirs"],
-        skipped=tuple(skipped),
-    )
+    async def save(record: DirectorySnapshot, source: SnapshotSource) -> SnapshotInfo:
+        return await store.save_members(record, members(), source=source, ttl=out.ttl)
+
+    info = await _committed(store, out, save)
+    return _result(info, plan, kept["ours"], kept["theirs"], skipped)
 
 
 async def _write(
-    store: SnapshotStore,
-    b: _Side,
-    o: _Side,
-    t: _Side,
-    plan: _Plan,
-    *,
-    name: str | None,
-    ttl: float | None,
+    store: SnapshotStore, o: _Side, t: _Side, plan: _Plan, out: _Output
 ) -> MergeResult:
+    """Stream ours' kept members, then theirs', through :class:`TarFilter` into ``save``."""
     emitted: set[str] = set()
     ours_filter = TarFilter(_picker(emitted, plan.from_ours, {}))
     theirs_filter = TarFilter(_picker(emitted, plan.from_theirs, plan.renamed))
@@ -479,20 +454,49 @@ async def _write(
             yield member_bytes(_generated(o, path, data), data)
         yield END_OF_ARCHIVE
 
-    record = DirectorySnapshot(id=new_snapshot_id(), size=0, dir=b.info.dir, name=name)
-    image = o.info.source.image if o.info.source else ""
-    info = await store.save(record, merged(), source=SnapshotSource("merge", image), ttl=ttl)
-    await _verified(store, info)
+    async def save(record: DirectorySnapshot, source: SnapshotSource) -> SnapshotInfo:
+        return await store.save(record, merged(), source=source, ttl=out.ttl)
+
+    info = await _committed(store, out, save)
     skipped = [
         entry.path
         for filt in (ours_filter, theirs_filter)
         for entry, reason in filt.dropped
         if reason is not None
     ]
+    return _result(info, plan, len(ours_filter.entries), len(theirs_filter.entries), skipped)
+
+
+@dataclass(frozen=True, slots=True)
+class _Output:
+    """What the merged snapshot is saved as: ``dir`` the inputs', ``image`` ours'."""
+
+    dir: str
+    image: str
+    name: str | None
+    ttl: float | None
+
+
+async def _committed(
+    store: SnapshotStore,
+    out: _Output,
+    save: Callable[[DirectorySnapshot, SnapshotSource], Awaitable[SnapshotInfo]],
+) -> SnapshotInfo:
+    """Save the merged snapshot under a new id with ``save``, and verify it; a merge
+    that fails verification is deleted."""
+    record = DirectorySnapshot(id=new_snapshot_id(), size=0, dir=out.dir, name=out.name)
+    info = await save(record, SnapshotSource("merge", out.image))
+    await _verified(store, info)
+    return info
+
+
+def _result(
+    info: SnapshotInfo, plan: _Plan, from_ours: int, from_theirs: int, skipped: list[str]
+) -> MergeResult:
     return MergeResult(
         snapshot=info.snapshot,
         conflicts=tuple(plan.conflicts),
-        from_ours=len(ours_filter.entries),
-        from_theirs=len(theirs_filter.entries),
+        from_ours=from_ours,
+        from_theirs=from_theirs,
         skipped=tuple(skipped),
     )

@@ -73,7 +73,7 @@ from docksnap.errors import (
 from docksnap.process import creator_alive
 from docksnap.service.catalogue import DEFAULT_GC_GRACE
 from docksnap.service.orphans import remove_helpers_of
-from docksnap.service.progress import Operation, ProgressHook, track
+from docksnap.service.progress import Operation, ProgressHook, Tracker, track
 from docksnap.store import SnapshotStore
 
 log = logging.getLogger(__name__)
@@ -114,6 +114,10 @@ class CacheEntry:
     @property
     def in_use(self) -> bool:
         return self.references > 0
+
+
+class _Streamed(Exception):
+    """This restore cannot use the cache after all: the caller streams it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,14 +289,26 @@ class RestoreCache:
                 self.size_limit,
             )
             return None
+        try:
+            with track(self._progress, Operation.RESTORE, snapshot_id, size) as progress:
+                return await self._view(snapshot_id, image, owner, progress)
+        except _Streamed:
+            return None
+
+    async def _view(self, snapshot_id: str, image: str, owner: str, progress: Tracker) -> str:
+        """The view, filling the entry first if needed; :class:`_Streamed` if none can be
+        made here. Progress as a streamed restore's: the fill's bytes as they go, and
+        once the view is mounted the whole snapshot counts as restored, so a warm
+        restore (nothing to move) reports the same operation and bytes as a cold one."""
         for _ in range(3):  # an entry evicted between lookup and use is looked up again
-            entry = await self._find(snapshot_id) or await self._fill(snapshot_id, image)
+            entry = await self._find(snapshot_id) or await self._fill(snapshot_id, image, progress)
             if entry is None:
-                return None
+                raise _Streamed
             volume = await self._mount_view(entry, owner)
             if volume is not None:
+                progress.advance(max(0, (progress.total or 0) - progress.done))
                 return volume
-        return None
+        raise _Streamed
 
     async def _find(self, snapshot_id: str) -> _Located | None:
         """The most recently used complete entry of this snapshot from this store."""
@@ -306,7 +322,7 @@ class RestoreCache:
                 found.append((_last_used(mountpoint), _Located(str(volume["Name"]), mountpoint)))
         return max(found, key=lambda item: item[0])[1] if found else None
 
-    async def _fill(self, snapshot_id: str, image: str) -> _Located | None:
+    async def _fill(self, snapshot_id: str, image: str, progress: Tracker) -> _Located | None:
         """Create and fill a new entry; None (nothing left) when this host cannot see it."""
         name = CACHE_VOLUME_PREFIX + uuid.uuid4().hex
         fields = {lbl.SNAPSHOT_ID: snapshot_id, lbl.CACHE_STORE: self._store_key}
@@ -324,7 +340,7 @@ class RestoreCache:
                 return None
             entry = _Located(name, mountpoint)
             _make_tree(entry.tree)
-            size = await self._extract(snapshot_id, image, entry)
+            size = await self._extract(snapshot_id, image, entry, progress)
             await asyncio.to_thread(_mark_complete, entry, snapshot_id, size)
         except BaseException:
             await asyncio.shield(self._discard(name))
@@ -332,7 +348,9 @@ class RestoreCache:
         log.info("restore cache: filled %s with snapshot %s (%d bytes)", name, snapshot_id, size)
         return entry
 
-    async def _extract(self, snapshot_id: str, image: str, entry: _Located) -> int:
+    async def _extract(
+        self, snapshot_id: str, image: str, entry: _Located, progress: Tracker
+    ) -> int:
         """Stream the snapshot into the entry's tree; return the verified byte count."""
         helper_labels = lbl.make_labels(lbl.Role.HELPER, self._labels)
         count = 0
@@ -347,13 +365,12 @@ class RestoreCache:
             self._store.open(snapshot_id) as reader,
             helper_container(self._docker, image, entry.name, helper_labels) as helper,
         ):
-            with track(self._progress, Operation.RESTORE, snapshot_id, reader.size) as progress:
-                await self._docker.put_archive(
-                    helper,
-                    f"{HELPER_MOUNT}/{_TREE}",
-                    counted(progress.stream(reader)),
-                    size=reader.size,
-                )
+            await self._docker.put_archive(
+                helper,
+                f"{HELPER_MOUNT}/{_TREE}",
+                counted(progress.stream(reader)),
+                size=reader.size,
+            )
             # Each chunk was verified as it was read; the length is checked here, so a
             # stream the store cut short can never be marked complete.
             if reader.size is not None and count != reader.size:

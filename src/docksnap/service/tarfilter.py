@@ -21,10 +21,11 @@ from dataclasses import dataclass
 
 import blake3
 
-from docksnap.tarstream import TarEntry, TarIndexer
+from docksnap.tarstream import DATA_TYPES, TarEntry, TarIndexer
 
 BLOCK = 512
 END_OF_ARCHIVE = bytes(2 * BLOCK)
+_TYPEFLAG_OFFSET = 156  # in a ustar header block
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +42,8 @@ class Drop:
 
 @dataclass(frozen=True, slots=True)
 class Rename:
-    """Keep the member's data under a new header (built from the entry, named ``path``)."""
+    """Keep the member's data under a new header (built from the entry, named ``path``;
+    see :func:`rewritten_header`)."""
 
     path: str
 
@@ -60,10 +62,11 @@ class TarFilter:
 
     After the stream: :attr:`entries` are the members kept, in output order (with
     their source offsets); :attr:`dropped` pairs each dropped entry with its
-    reason; :attr:`digests` maps regular files to the BLAKE3 hex of their data
-    when ``hash_data`` is set; :attr:`root` is the first entry for the root
-    directory ``.`` and :attr:`root_pax` the pax records of the last one that
-    had any (where docksnap keeps a capture report, see :func:`root_with_records`).
+    reason; :attr:`digests` maps the members that carry data (regular files and
+    type "other") to the BLAKE3 hex of their data when ``hash_data`` is set;
+    :attr:`root` is the first entry for the root directory ``.`` and
+    :attr:`root_pax` the pax records of the last one that had any (where docksnap
+    keeps a capture report, see :func:`root_with_records`).
     """
 
     def __init__(self, decide: Callable[[TarEntry], Decision], *, hash_data: bool = False) -> None:
@@ -141,7 +144,7 @@ class TarFilter:
                     self._pad_of_current = -entry.size % BLOCK
                     data_left = entry.size + self._pad_of_current
                     current = entry.path
-                    if self._hash_data and entry.type == "file" and keep_data:
+                    if self._hash_data and entry.type in DATA_TYPES and keep_data:
                         digest = blake3.blake3()
                         if not data_left:
                             self.digests[current] = digest.hexdigest()
@@ -175,24 +178,27 @@ class TarFilter:
         if isinstance(decision, Rename):
             renamed = _rebuild(entry, decision.path)
             self.entries.append(renamed)
-            return member_header(renamed), True
+            return rewritten_header(renamed, header), True
         self.entries.append(entry)
         return header, True
 
 
-def member_header(entry: TarEntry, records: dict[str, str] | None = None) -> bytes:
+def member_header(
+    entry: TarEntry, records: dict[str, str] | None = None, *, typeflag: bytes | None = None
+) -> bytes:
     """A PAX header block (plus extension records when needed) describing ``entry``.
 
     Used for members docksnap makes itself (renamed, merged, whiteouts); members
-    that pass through keep the engine's own header bytes.
+    that pass through keep the engine's own header bytes. ``typeflag`` replaces
+    the flag of ``entry.type`` (see :func:`rewritten_header`).
     """
     name = "./" if entry.path == "." else entry.path
     info = tarfile.TarInfo(name if entry.type != "dir" else name.rstrip("/") + "/")
-    info.type = _TARFILE_TYPES[entry.type]
+    info.type = typeflag or _TARFILE_TYPES[entry.type]
     info.mode = entry.mode
     info.uid, info.gid = entry.uid, entry.gid
     info.mtime = entry.mtime
-    info.size = entry.size if entry.type == "file" else 0
+    info.size = entry.size if entry.type in DATA_TYPES else 0
     info.linkname = entry.link
     pax = dict(records or {})
     for key, value in entry.xattrs:
@@ -202,6 +208,18 @@ def member_header(entry: TarEntry, records: dict[str, str] | None = None) -> byt
             continue  # tarfile writes pax values as UTF-8 text only
     info.pax_headers = pax
     return info.tobuf(format=tarfile.PAX_FORMAT, encoding="utf-8", errors="surrogateescape")
+
+
+def rewritten_header(entry: TarEntry, original: bytes) -> bytes:
+    """A new header for ``entry``, a member renamed whose data follows unchanged.
+
+    ``original`` is the member's own header bytes (extension blocks, then its main
+    header block last). Its type flag is kept: an entry of type "other" does not
+    say which flag it had ('7', 'X', one the indexer does not know), and writing
+    another would change what the member is and how its data is read.
+    """
+    flag_at = len(original) - BLOCK + _TYPEFLAG_OFFSET
+    return member_header(entry, typeflag=original[flag_at : flag_at + 1])
 
 
 def member_bytes(entry: TarEntry, data: bytes) -> bytes:

@@ -119,6 +119,15 @@ class VolumeStore:
 
     ``helper_image`` is the image helper containers are made from; ``None`` uses
     each snapshot's source image (saving a snapshot without one is refused).
+
+    ``extra_labels`` (the client's ``labels``) go on every volume saved, and scope
+    what the store enumerates: :meth:`list` (so expiry and pruning), :meth:`stats`,
+    :meth:`verify` of every snapshot and :meth:`gc` see only volumes carrying
+    them, so two clients with their own labels on one engine are two stores (as
+    the restore cache and ``reap_orphans`` scope by them). Without labels the store
+    is every snapshot on the engine. An id names one snapshot on the whole engine,
+    whoever saved it: :meth:`get`, :meth:`open` and :meth:`delete` are not scoped,
+    as an id in a shared chunked store is not.
     """
 
     def __init__(
@@ -221,7 +230,7 @@ class VolumeStore:
         return _info_from_labels(meta.get("Labels") or {})
 
     async def list(self) -> list[SnapshotInfo]:
-        metas = await self._docker.list_volumes({_META: "true", lbl.MANAGED: "true"})
+        metas = await self._docker.list_volumes({**self._scope(), _META: "true"})
         return [_info_from_labels(v.get("Labels") or {}) for v in metas]
 
     async def delete(self, snapshot_id: str) -> None:
@@ -257,7 +266,9 @@ class VolumeStore:
         committed = {info.id for info in await self.list()}
         cutoff = time.time() - grace
         deleted = kept = 0
-        for volume in await self._docker.list_volumes({lbl.ROLE: str(lbl.Role.SNAPSHOT)}):
+        # Scoped: another client's data volume may be mid-save, its meta still to come.
+        scope = {**self._scope(), lbl.ROLE: str(lbl.Role.SNAPSHOT)}
+        for volume in await self._docker.list_volumes(scope):
             labels = volume.get("Labels") or {}
             snapshot_id = labels.get(lbl.SNAPSHOT_ID, "")
             if labels.get(_META) == "true" or snapshot_id in committed:
@@ -283,6 +294,10 @@ class VolumeStore:
         """Nothing to release: the engine belongs to the caller."""
 
     # -- internals ----------------------------------------------------------------
+
+    def _scope(self) -> dict[str, str]:
+        """The labels of every volume this store enumerates."""
+        return {**self._extra, lbl.MANAGED: "true"}
 
     def _labels(self, snapshot_id: str, created_at: float) -> dict[str, str]:
         return lbl.make_labels(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from .build import build_dirs_tar
 from .canonical import TarCanonicalizer, canonical_header
-from .entry import ENTRY_TYPES, TarEntry, normalize_name
+from .entry import DATA_TYPES, ENTRY_TYPES, TarEntry, normalize_name
 from .errors import (
     AmbiguousArchiveError,
     TarError,
@@ -24,6 +24,7 @@ from .indexer import MemberIndexer, TarIndexer
 from .safety import RestorableChecker, TarSafetyChecker, check_member_safe
 
 __all__ = [
+    "DATA_TYPES",
     "ENTRY_TYPES",
     "AmbiguousArchiveError",
     "MemberIndexer",

@@ -5,6 +5,9 @@ from __future__ import annotations
 import msgspec
 
 ENTRY_TYPES = ("file", "dir", "symlink", "hardlink", "char", "block", "fifo", "other")
+# The types whose members carry data: regular files, and "other" (type flags the
+# indexer does not know, '7', 'X'), whose data is kept as a file's is.
+DATA_TYPES = frozenset({"file", "other"})
 
 
 class TarEntry(msgspec.Struct, frozen=True, array_like=True):

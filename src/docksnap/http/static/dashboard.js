@@ -1,4 +1,4 @@
-// docksnap dashboard: logout, and verify/gc with live progress from Server-Sent Events.
+// docksnap dashboard: logout, verify/gc with live progress from Server-Sent Events, cache prune.
 // State-changing requests carry the CSRF token the page was rendered with.
 "use strict";
 
@@ -52,6 +52,12 @@ async function runOperation(button) {
   const bar = document.getElementById("operation-progress");
   const state = document.getElementById("operation-state");
   const result = document.getElementById("operation-result");
+  const showResult = (data) => {
+    bar.max = 1; bar.value = 1;
+    panel.dataset.state = "done";
+    state.textContent = "done";
+    result.textContent = JSON.stringify(data, null, 2);
+  };
   let body = button.dataset.body;
   if (button.id === "gc-button") {
     body = JSON.stringify({ grace: Number(document.getElementById("gc-grace").value) });
@@ -68,16 +74,18 @@ async function runOperation(button) {
       const problem = await response.json();
       throw new Error(problem.detail || response.statusText);
     }
+    // Quick operations (cache prune) answer with their document, not events.
+    if (!(response.headers.get("content-type") || "").startsWith("text/event-stream")) {
+      showResult(await response.json());
+      return;
+    }
     await readEvents(response, (name, data) => {
       if (name === "progress") {
         if (data.total) { bar.max = data.total; bar.value = data.done; }
         const moved = data.done ? formatBytes(data.done) + (data.total ? " of " + formatBytes(data.total) : "") + " · " : "";
         state.textContent = `${data.stage || data.operation}: ${moved}${data.elapsed.toFixed(1)} s`;
       } else if (name === "result") {
-        bar.max = 1; bar.value = 1;
-        panel.dataset.state = "done";
-        state.textContent = "done";
-        result.textContent = JSON.stringify(data, null, 2);
+        showResult(data);
       } else if (name === "problem") {
         panel.dataset.state = "failed";
         state.textContent = "failed: " + data.detail;
