@@ -86,7 +86,7 @@ from docksnap.store.chunked.packs import (
     quarantine_key,
 )
 from docksnap.store.chunked.reader import (
-    READ_AHEAD,
+    STREAM_READ_AHEAD,
     ChunkedTarReader,
     ChunkFetcher,
     PackFetcher,
@@ -148,7 +148,7 @@ class ChunkedStore:
         *,
         workers: int = 2,
         io_workers: int = 16,
-        read_ahead: int = READ_AHEAD,
+        read_ahead: int = STREAM_READ_AHEAD,
         max_write_seconds: float = 1800.0,
         gc_lease_seconds: float = 120.0,
         chunker: ChunkerParams | None = None,
@@ -415,6 +415,9 @@ class ChunkedStore:
         reader = ChunkedTarReader(
             manifest, fetcher, self._get_pools().io, read_ahead=self._read_ahead
         )
+        # Reads begin now: the caller is usually still creating the container or
+        # connection the stream goes to, and the first pieces are ready when it is.
+        reader.prefetch()
         try:
             yield reader
         finally:
