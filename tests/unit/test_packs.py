@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -243,6 +244,29 @@ async def test_a_restore_reads_each_pack_stretch_once_and_yields_large_pieces(
         # most a few per piece); the gaps read along are a small part.
         assert len(reads) * 50 < chunks
         assert sum(reads) < 1.5 * stored_bytes(root)
+    finally:
+        await store.close()
+
+
+async def test_opening_a_snapshot_starts_its_reads_and_leaving_ends_them(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reads begin at open, while the caller still prepares where the stream goes;
+    leaving unread cancels them and leaves none of the reader's threads behind."""
+    store = new_store(root)
+    try:
+        info = await save(store, build_tar(random_files(10, 1_000_000)))
+        began = threading.Event()
+        get_range = LocalObjectStore.get_range
+
+        def noting(self: LocalObjectStore, key: str, start: int, length: int) -> bytes:
+            began.set()
+            return get_range(self, key, start, length)
+
+        monkeypatch.setattr(LocalObjectStore, "get_range", noting)
+        async with store.open(info.id):
+            assert await asyncio.to_thread(began.wait, 30)  # nobody has iterated
+        assert not [t for t in threading.enumerate() if t.name.startswith("docksnap-read")]
     finally:
         await store.close()
 
