@@ -269,14 +269,34 @@ TARGETS = (
 )
 
 
+# Issue 11, on the S3 store (`--store s3://...`): evaluated only when the run's store is S3.
+S3_TARGETS = (
+    TargetSpec(
+        "S3: snapshot >= 0.5 x raw_get",
+        (SMALL, LARGE),
+        _speedup("snapshot", "raw_get"),
+        lambda v: v >= 0.5,
+        ">= 0.50",
+    ),
+    TargetSpec(
+        "S3: restore >= 0.7 x raw_put",
+        (SMALL, LARGE),
+        _speedup("restore", "raw_put"),
+        lambda v: v >= 0.7,
+        ">= 0.70",
+    ),
+)
+
+
 # Issue 12: a warm restore (the restore cache's overlay view) costs the same for any size;
 # the growth target compares two data sets, so evaluate() computes it beside TARGETS.
 WARM_GROWTH_REQUIRED = "<= 2.00"
 
 
-def evaluate(results: Results) -> list[Target]:
+def evaluate(results: Results, *, s3: bool = False) -> list[Target]:
+    """Every target of TARGETS, and of S3_TARGETS when the run's store was S3 (``s3``)."""
     targets = []
-    for spec in TARGETS:
+    for spec in TARGETS + (S3_TARGETS if s3 else ()):
         for dataset in spec.datasets:
             got = spec.measure(results.get(dataset, {}))
             if got is None:

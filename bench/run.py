@@ -236,7 +236,7 @@ async def run(args: argparse.Namespace) -> int:
     finally:
         status = max(status, await _teardown(bench, engine, docker, tmp))
     info["loadavg_end"] = os.getloadavg()
-    targets = _report.evaluate(results)
+    targets = _report.evaluate(results, s3=(args.store or "").startswith("s3://"))
     document = {
         "machine": info,
         "docksnap": {"commit": docksnap_commit()},

@@ -72,3 +72,7 @@ def test_targets_pass_and_fail_on_ratios() -> None:
     cpu = targets[("snapshot CPU <= 4 ns per tar byte", "large-files")]
     assert cpu.measured == pytest.approx(3.0)
     assert cpu.passed is True
+    assert not [name for name, _ in targets if name.startswith("S3:")]
+    on_s3 = {(t.name, t.dataset): t for t in _report.evaluate(results, s3=True)}
+    assert on_s3[("S3: snapshot >= 0.5 x raw_get", "small-files")].passed is True  # 0.91
+    assert on_s3[("S3: restore >= 0.7 x raw_put", "large-files")].passed is None  # not run

@@ -40,6 +40,7 @@ from docksnap.store.chunked.format import (
     open_record,
     trash_key,
 )
+from docksnap.store.chunked.reader import STREAM_PIECE
 from docksnap.store.objects import ObjectInfo
 from docksnap.store.objects.local import LocalObjectStore
 from docksnap.tarstream import TarFormatError
@@ -183,13 +184,16 @@ async def test_empty_archive_round_trips(store: ChunkedStore) -> None:
     assert await read_back(store, info.id) == data
 
 
-async def test_pieces_are_about_one_mebibyte(store: ChunkedStore) -> None:
-    data = build_tar(random_files(5, 1_000_000))
+async def test_pieces_are_about_four_mebibytes(store: ChunkedStore) -> None:
+    """Few, large pieces to hand on, each bounded: at most one chunk past the size."""
+    data = build_tar(random_files(10, 1_000_000))
     info = await save(store, data)
     async with store.open(info.id) as reader:
         sizes = [len(piece) async for piece in reader]
-    assert all(size >= 1 << 20 for size in sizes[:-1])
-    assert max(sizes) < (1 << 20) + 256 * 1024 + 1
+    assert STREAM_PIECE == 4 << 20
+    assert len(sizes) >= 2
+    assert all(size >= STREAM_PIECE for size in sizes[:-1])
+    assert max(sizes) < STREAM_PIECE + 256 * 1024 + 1
 
 
 async def test_saving_the_same_stream_again_stores_under_one_percent(

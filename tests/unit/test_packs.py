@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -21,15 +22,18 @@ import pytest
 from docksnap.errors import SnapshotCorruptError, StoreFormatError
 from docksnap.model import DirectorySnapshot, new_snapshot_id
 from docksnap.store.chunked import ChunkedStore, ChunkerParams
-from docksnap.store.chunked.format import GcLease
+from docksnap.store.chunked.format import ChunkRef, GcLease
 from docksnap.store.chunked.leases import Lease
 from docksnap.store.chunked.packs import (
     ENTRY_SIZE,
     ChunkIndex,
+    Location,
     PackBuilder,
     PackTable,
     read_pack_table,
 )
+from docksnap.store.chunked.reader import MAX_GAP, STREAM_PIECE, _spans
+from docksnap.store.objects.local import LocalObjectStore
 from tests.chunkedsupport import SOURCE, files, new_store, read_back, save
 from tests.conformance.streams import (
     build_tar,
@@ -77,7 +81,7 @@ def test_a_damaged_pack_index_is_refused() -> None:
         PackTable.decode_index(sealed.table.pack_id, bytes(damaged))
 
 
-def test_the_chunk_index_finds_every_chunk_and_costs_48_bytes_each() -> None:
+def test_the_chunk_index_finds_every_chunk_and_costs_52_bytes_each() -> None:
     tables: list[PackTable] = []
     expected: dict[bytes, str | None] = {}
     for _ in range(20):
@@ -94,7 +98,7 @@ def test_the_chunk_index_finds_every_chunk_and_costs_48_bytes_each() -> None:
     index = ChunkIndex(tables[:10])
     merged = ChunkIndex(tables[10:], base=index, drop=frozenset({tables[0].pack_id}))
     assert len(merged) == 19 * 500
-    assert merged.nbytes() == 48 * len(merged)
+    assert merged.nbytes() == 52 * len(merged)
     assert ENTRY_SIZE == 44
     for digest, pack_id in expected.items():
         found = merged.find(digest)
@@ -105,6 +109,34 @@ def test_the_chunk_index_finds_every_chunk_and_costs_48_bytes_each() -> None:
             assert found.pack_id == pack_id
             assert merged.find(digest, excluded=frozenset({pack_id})) is None
     assert merged.find(b"\xff" * 32) is None
+
+
+def test_the_chunk_index_tells_apart_digests_that_share_a_prefix() -> None:
+    """Lookups search the digests' first 4 bytes, then compare whole digests: every
+    digest of a prefix is found, a stranger with that prefix is not, and a chunk in
+    two packs is found in the one not excluded."""
+    prefix = os.urandom(4)
+    digests = sorted(prefix + os.urandom(28) for _ in range(50))
+    tables = []
+    for members in (digests[:30], digests[20:]):  # digests[20:30] are in both packs
+        builder = PackBuilder(target=1 << 30)
+        for digest in members:
+            builder.add(digest, b"\x00xy", 2)
+        sealed = builder.seal()
+        assert sealed is not None
+        tables.append(sealed.table)
+    index = ChunkIndex(tables)
+    first, second = (t.pack_id for t in tables)
+    for n, digest in enumerate(digests):
+        found = index.find(digest)
+        assert found is not None
+        assert found.pack_id in ({first, second} if 20 <= n < 30 else {first if n < 20 else second})
+        elsewhere = index.find(digest, excluded=frozenset({first}))
+        assert (elsewhere is None) == (n < 20)
+        if elsewhere is not None:
+            assert elsewhere.pack_id == second
+    assert index.find(prefix + b"\x00" * 28) is None  # one in 2**224 to be among them
+    assert index.find(prefix[:3] + bytes([(prefix[3] + 1) % 256]) + digests[0][4:]) is None
 
 
 # --- saving and reading --------------------------------------------------------------
@@ -147,6 +179,96 @@ async def test_saving_the_same_data_twice_into_two_stores_never_shares_a_pack_na
     assert [p.read_bytes() for p in files(tmp_path / "s0", "packs")] == [
         p.read_bytes() for p in files(tmp_path / "s1", "packs")
     ]
+
+
+def test_a_group_is_read_with_one_request_per_stretch_of_a_pack() -> None:
+    """Chunks of one pack back to back, or at most MAX_GAP apart, in whatever order
+    the stream wants them, are one ranged read; another pack, or a wider gap, is
+    another. Each chunk is in exactly one read, which covers it."""
+    chunk = 40_000
+
+    def at(pack: str, offset: int, stored: int = chunk) -> tuple[ChunkRef, Location]:
+        return ChunkRef(os.urandom(32).hex(), stored), Location(pack, offset, stored, stored)
+
+    # The writer finishes segments out of order: the stream wants pack "a" at
+    # 0, 1, then "b", then "a" at 3 and 2, a chunk twice, and one far beyond.
+    located = [
+        at("a", 0),
+        at("a", chunk),
+        at("b", 0),
+        at("a", 3 * chunk),
+        at("a", 2 * chunk),
+        at("a", chunk),
+        at("a", 4 * chunk + MAX_GAP),  # a gap of exactly MAX_GAP: still one read
+        at("a", 10 * chunk + 2 * MAX_GAP),  # farther: its own read
+    ]
+    spans = _spans(located)
+    assert [(s.pack_id, s.start, s.end) for s in spans] == [
+        ("a", 0, 5 * chunk + MAX_GAP),
+        ("a", 10 * chunk + 2 * MAX_GAP, 11 * chunk + 2 * MAX_GAP),
+        ("b", 0, chunk),
+    ]
+    members = sorted(m for s in spans for m in s.members)
+    assert members == list(range(len(located)))
+    for span in spans:
+        for m in span.members:
+            where = located[m][1]
+            assert where.pack_id == span.pack_id
+            assert span.start <= where.offset
+            assert where.offset + where.stored <= span.end
+
+
+async def test_a_restore_reads_each_pack_stretch_once_and_yields_large_pieces(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = build_tar({**random_files(12, 700_000, seed=11), **text_files(300, 3_000, seed=12)})
+    store = new_store(root, chunker=SMALL)
+    try:
+        info = await save(store, data)
+        reads: list[int] = []
+        get_range = LocalObjectStore.get_range
+
+        def counting(self: LocalObjectStore, key: str, start: int, length: int) -> bytes:
+            reads.append(length)
+            return get_range(self, key, start, length)
+
+        monkeypatch.setattr(LocalObjectStore, "get_range", counting)
+        async with store.open(info.id) as reader:
+            got = [piece async for piece in reader]
+        assert b"".join(got) == data
+        # Every piece but the last is a whole group of at least STREAM_PIECE bytes.
+        assert all(len(piece) >= STREAM_PIECE for piece in got[:-1])
+        chunks = (await store.stats()).chunks
+        assert chunks > 2000
+        # Thousands of ~4 KiB chunks in a few reads (a stretch of a pack each, at
+        # most a few per piece); the gaps read along are a small part.
+        assert len(reads) * 50 < chunks
+        assert sum(reads) < 1.5 * stored_bytes(root)
+    finally:
+        await store.close()
+
+
+async def test_opening_a_snapshot_starts_its_reads_and_leaving_ends_them(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reads begin at open, while the caller still prepares where the stream goes;
+    leaving unread cancels them and leaves none of the reader's threads behind."""
+    store = new_store(root)
+    try:
+        info = await save(store, build_tar(random_files(10, 1_000_000)))
+        began = threading.Event()
+        get_range = LocalObjectStore.get_range
+
+        def noting(self: LocalObjectStore, key: str, start: int, length: int) -> bytes:
+            began.set()
+            return get_range(self, key, start, length)
+
+        monkeypatch.setattr(LocalObjectStore, "get_range", noting)
+        async with store.open(info.id):
+            assert await asyncio.to_thread(began.wait, 30)  # nobody has iterated
+        assert not [t for t in threading.enumerate() if t.name.startswith("docksnap-read")]
+    finally:
+        await store.close()
 
 
 async def test_incompressible_chunks_are_stored_raw(store: ChunkedStore, root: Path) -> None:
