@@ -621,23 +621,27 @@ async def test_gc_grace_zero_leaves_a_write_in_progress_alone(root: Path) -> Non
         await gc_store.close()
 
 
-async def test_a_pack_dropped_as_a_save_starts_is_not_reused(root: Path) -> None:
-    """gc drops a marked pack between a starting save's two reads (the chunk index
-    and gc's marks): the save must not rely on the pack, whichever read came first.
-    It once did (index first, then marks: the pack was in the index, and its mark
-    already gone with it), and committed a snapshot whose chunks were deleted."""
-    data = build_tar(text_files(4, 20_000, seed=21))
+async def _a_marked_pack_of(root: Path, data: bytes) -> ChunkedStore:
+    """A store in ``root`` whose only pack holds ``data``'s chunks, unreferenced and
+    marked by gc for a writer that has ended since (the next gc drops it); the
+    store, for running that gc."""
     gc_store = new_store(root, chunker=SMALL)
     gone = await save(gc_store, data)
     await gc_store.delete(gone.id)
     with Lease(gc_store.objects, "save"):  # a writer gc waits for: the pack stays marked
         await gc_store.gc(grace=0)
     assert files(root, "pending")
-    loop = asyncio.get_running_loop()
-    leased = threading.Event()
-    reads: list[str] = []
+    return gc_store
 
-    def gc_between_the_two_reads(event: str, key: str) -> None:
+
+def _gc_between_the_two_reads(
+    gc_store: ChunkedStore, loop: asyncio.AbstractEventLoop, reads: list[str]
+) -> Callable[[str, str], None]:
+    """A hook that runs gc once a writer holding its lease has begun both of its reads
+    of gc's state (``pending/`` and ``packindex/``), just before the second one."""
+    leased = threading.Event()
+
+    def hook(event: str, key: str) -> None:
         if event == "written" and key.startswith(LEASES):
             leased.set()
         elif event == "list" and key in (PENDING, PACK_INDEX) and leased.is_set():
@@ -645,7 +649,19 @@ async def test_a_pack_dropped_as_a_save_starts_is_not_reused(root: Path) -> None
             if len(reads) == 2:
                 _gc_now(gc_store, loop)  # the mark's writers are gone: the pack is dropped
 
-    store = ChunkedStore(_HookedObjects(root, gc_between_the_two_reads), chunker=SMALL)
+    return hook
+
+
+async def test_a_pack_dropped_as_a_save_starts_is_not_reused(root: Path) -> None:
+    """gc drops a marked pack between a starting save's two reads (the chunk index
+    and gc's marks): the save must not rely on the pack, whichever read came first.
+    It once did (index first, then marks: the pack was in the index, and its mark
+    already gone with it), and committed a snapshot whose chunks were deleted."""
+    data = build_tar(text_files(4, 20_000, seed=21))
+    gc_store = await _a_marked_pack_of(root, data)
+    reads: list[str] = []
+    hook = _gc_between_the_two_reads(gc_store, asyncio.get_running_loop(), reads)
+    store = ChunkedStore(_HookedObjects(root, hook), chunker=SMALL)
     try:
         info = await save(store, data)
         assert sorted(reads[:2]) == sorted([PENDING, PACK_INDEX])
@@ -654,6 +670,29 @@ async def test_a_pack_dropped_as_a_save_starts_is_not_reused(root: Path) -> None
         assert await read_back(store, info.id) == data
     finally:
         await store.close()
+        await gc_store.close()
+
+
+async def test_a_pack_dropped_as_a_copy_starts_is_not_reused(tmp_path: Path) -> None:
+    """As for a save, for ``copy_from``: the other writer that deduplicates against
+    the target's packs."""
+    data = build_tar(text_files(4, 20_000, seed=22))
+    source = new_store(tmp_path / "source", chunker=SMALL)
+    root = tmp_path / "target"
+    gc_store = await _a_marked_pack_of(root, data)
+    reads: list[str] = []
+    hook = _gc_between_the_two_reads(gc_store, asyncio.get_running_loop(), reads)
+    target = ChunkedStore(_HookedObjects(root, hook), chunker=SMALL)
+    try:
+        info = await save(source, data)
+        await target.copy_from(source, info.id)
+        assert sorted(reads[:2]) == sorted([PENDING, PACK_INDEX])
+        assert not files(root, "pending")
+        assert (await target.verify(read_data=True)).ok
+        assert await read_back(target, info.id) == data
+    finally:
+        await target.close()
+        await source.close()
         await gc_store.close()
 
 
