@@ -546,10 +546,17 @@ async def test_temporary_files_are_invisible_and_swept(store: ChunkedStore, root
     leftover = root / "chunks" / "ab" / ".abcdef.0123456789abcdef.tmp"
     leftover.parent.mkdir(parents=True, exist_ok=True)
     leftover.write_bytes(b"half a chunk")
+    in_progress = leftover.with_name(".abcdef.fedcba9876543210.tmp")
+    in_progress.write_bytes(b"a chunk being written")
+    # The leftover of a killed writer is as old as the kill; a fresh one may be a
+    # write in progress, swept only once older than any single write (the lease ttl).
+    an_hour_ago = time.time() - 3600
+    os.utime(leftover, (an_hour_ago, an_hour_ago))
     objects = LocalObjectStore(root)
     assert all(".tmp" not in info.key for info in objects.list(""))
     await store.gc(grace=0)
     assert not leftover.exists()
+    assert in_progress.exists()
     assert (await store.get(info.id)).id == info.id
 
 

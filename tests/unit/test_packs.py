@@ -14,6 +14,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import msgspec
@@ -23,9 +24,11 @@ from docksnap.errors import SnapshotCorruptError, StoreFormatError
 from docksnap.model import DirectorySnapshot, new_snapshot_id
 from docksnap.store.chunked import ChunkedStore, ChunkerParams
 from docksnap.store.chunked.format import ChunkRef, GcLease
-from docksnap.store.chunked.leases import Lease
+from docksnap.store.chunked.leases import LEASES, Lease
 from docksnap.store.chunked.packs import (
     ENTRY_SIZE,
+    PACK_INDEX,
+    PENDING,
     ChunkIndex,
     Location,
     PackBuilder,
@@ -33,6 +36,7 @@ from docksnap.store.chunked.packs import (
     read_pack_table,
 )
 from docksnap.store.chunked.reader import MAX_GAP, STREAM_PIECE, _spans
+from docksnap.store.objects import ObjectInfo
 from docksnap.store.objects.local import LocalObjectStore
 from tests.chunkedsupport import SOURCE, files, new_store, read_back, save
 from tests.conformance.streams import (
@@ -566,6 +570,129 @@ async def test_repacking_gc_beside_saves_loses_no_chunk(root: Path) -> None:
         assert (await gc_store.verify(read_data=True)).ok
         assert seen_packs - {p.name for p in files(root, "packs")}  # gc did drop packs
     finally:
+        await gc_store.close()
+
+
+class _HookedObjects(LocalObjectStore):
+    """A local store that calls ``hook(event, key)`` at two points of its own I/O: a
+    put's temporary file written ("written"), a listing begun ("list"). How a test
+    puts a gc run at an exact point of a save, without sleeping."""
+
+    def __init__(self, root: Path, hook: Callable[[str, str], None]) -> None:
+        super().__init__(root, fsync=False)
+        self._hook = hook
+
+    def _write_temp(self, path: Path, data: bytes | memoryview, key: str, op: str) -> Path:
+        tmp = super()._write_temp(path, data, key, op)
+        self._hook("written", key)
+        return tmp
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        self._hook("list", prefix)
+        yield from super().list(prefix)
+
+
+def _gc_now(gc_store: ChunkedStore, loop: asyncio.AbstractEventLoop) -> None:
+    """Run a whole ``gc(grace=0)`` from a store's worker thread, while the save waits."""
+    asyncio.run_coroutine_threadsafe(gc_store.gc(grace=0), loop).result()
+
+
+async def test_gc_grace_zero_leaves_a_write_in_progress_alone(root: Path) -> None:
+    """A save's first write, its lease, happens while no lease is live: gc(grace=0)
+    run at that moment once swept the lease's temporary file and the save failed
+    ("put 'leases/…' failed: No such file or directory")."""
+    data = build_tar(text_files(2, 1_000))
+    gc_store = new_store(root)
+    loop = asyncio.get_running_loop()
+    ran: list[str] = []
+
+    def gc_before_the_lease_is_published(event: str, key: str) -> None:
+        if event == "written" and key.startswith(LEASES) and not ran:
+            ran.append(key)
+            _gc_now(gc_store, loop)
+
+    store = ChunkedStore(_HookedObjects(root, gc_before_the_lease_is_published))
+    try:
+        info = await save(store, data)
+        assert ran
+        assert await read_back(store, info.id) == data
+    finally:
+        await store.close()
+        await gc_store.close()
+
+
+async def _a_marked_pack_of(root: Path, data: bytes) -> ChunkedStore:
+    """A store in ``root`` whose only pack holds ``data``'s chunks, unreferenced and
+    marked by gc for a writer that has ended since (the next gc drops it); the
+    store, for running that gc."""
+    gc_store = new_store(root, chunker=SMALL)
+    gone = await save(gc_store, data)
+    await gc_store.delete(gone.id)
+    with Lease(gc_store.objects, "save"):  # a writer gc waits for: the pack stays marked
+        await gc_store.gc(grace=0)
+    assert files(root, "pending")
+    return gc_store
+
+
+def _gc_between_the_two_reads(
+    gc_store: ChunkedStore, loop: asyncio.AbstractEventLoop, reads: list[str]
+) -> Callable[[str, str], None]:
+    """A hook that runs gc once a writer holding its lease has begun both of its reads
+    of gc's state (``pending/`` and ``packindex/``), just before the second one."""
+    leased = threading.Event()
+
+    def hook(event: str, key: str) -> None:
+        if event == "written" and key.startswith(LEASES):
+            leased.set()
+        elif event == "list" and key in (PENDING, PACK_INDEX) and leased.is_set():
+            reads.append(key)
+            if len(reads) == 2:
+                _gc_now(gc_store, loop)  # the mark's writers are gone: the pack is dropped
+
+    return hook
+
+
+async def test_a_pack_dropped_as_a_save_starts_is_not_reused(root: Path) -> None:
+    """gc drops a marked pack between a starting save's two reads (the chunk index
+    and gc's marks): the save must not rely on the pack, whichever read came first.
+    It once did (index first, then marks: the pack was in the index, and its mark
+    already gone with it), and committed a snapshot whose chunks were deleted."""
+    data = build_tar(text_files(4, 20_000, seed=21))
+    gc_store = await _a_marked_pack_of(root, data)
+    reads: list[str] = []
+    hook = _gc_between_the_two_reads(gc_store, asyncio.get_running_loop(), reads)
+    store = ChunkedStore(_HookedObjects(root, hook), chunker=SMALL)
+    try:
+        info = await save(store, data)
+        assert sorted(reads[:2]) == sorted([PENDING, PACK_INDEX])
+        assert not files(root, "pending")
+        assert (await store.verify(read_data=True)).ok
+        assert await read_back(store, info.id) == data
+    finally:
+        await store.close()
+        await gc_store.close()
+
+
+async def test_a_pack_dropped_as_a_copy_starts_is_not_reused(tmp_path: Path) -> None:
+    """As for a save, for ``copy_from``: the other writer that deduplicates against
+    the target's packs."""
+    data = build_tar(text_files(4, 20_000, seed=22))
+    source = new_store(tmp_path / "source", chunker=SMALL)
+    root = tmp_path / "target"
+    gc_store = await _a_marked_pack_of(root, data)
+    reads: list[str] = []
+    hook = _gc_between_the_two_reads(gc_store, asyncio.get_running_loop(), reads)
+    target = ChunkedStore(_HookedObjects(root, hook), chunker=SMALL)
+    try:
+        info = await save(source, data)
+        await target.copy_from(source, info.id)
+        assert sorted(reads[:2]) == sorted([PENDING, PACK_INDEX])
+        assert not files(root, "pending")
+        assert (await target.verify(read_data=True)).ok
+        assert await read_back(target, info.id) == data
+    finally:
+        await target.close()
+        await source.close()
         await gc_store.close()
 
 

@@ -273,11 +273,14 @@ class Collector:
     def _sweep_temporaries(self, grace: float, tally: _Tally) -> None:
         sweep = getattr(self._objects, "sweep", None)
         if callable(sweep):
-            if live_leases(self._objects, store_now(self._objects), self._lease_ttl):
-                # A running writer's temporary file is a write in progress, whatever
-                # the grace; no single write takes as long as a lease lives.
-                grace = max(grace, self._lease_ttl)
-            removed, freed = sweep(grace)
+            # A temporary file younger than a lease's ttl may be a write in progress,
+            # whatever the grace and whether or not a lease is live: a save's first
+            # write is its lease, made while no lease of its own exists yet (and
+            # touch and the first config write run under no lease at all). No single
+            # write takes as long as a lease lives; only a killed writer's files get
+            # older. (Sweeping them at grace=0 when no lease was live once failed a
+            # save starting beside gc: its lease's temporary file vanished.)
+            removed, freed = sweep(max(grace, self._lease_ttl))
             tally.deleted += removed
             tally.freed += freed
 

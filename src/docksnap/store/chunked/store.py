@@ -375,8 +375,15 @@ class ChunkedStore:
             result.entries.close()
 
     def _pack_target(self) -> PackTarget:
+        # gc's marks first, the index second (docs/FORMAT.md §11.6). gc drops a pack
+        # by deleting its index object, the pack, then its mark: a pack whose mark
+        # this listing missed because gc has just dropped it is gone from the index
+        # loaded after. The other order once let a save load a pack into its index,
+        # then miss its mark (dropped meanwhile with the pack), and commit chunks
+        # that no longer existed.
+        pending = pending_packs(self._objects)
         index = self._get_index_cache().refresh()
-        return PackTarget(index, pending_packs(self._objects), PackBuilder(self._pack_size))
+        return PackTarget(index, pending, PackBuilder(self._pack_size))
 
     def _get_index_cache(self) -> IndexCache:
         if self._index_cache is None:

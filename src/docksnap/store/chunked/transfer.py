@@ -208,8 +208,11 @@ class PackCopier:
         return stats
 
     def _copy_chunks(self, manifest: Manifest) -> tuple[list[PackTable], ChunkCopyStats]:
-        index = self._index.refresh()
+        # gc's marks before the index, as a save reads them (store._pack_target,
+        # docs/FORMAT.md §11.6): a pack gc drops between the two reads is then
+        # gone from the index, not in it without its mark.
         excluded = pending_packs(self._target.objects)
+        index = self._index.refresh()
         unique = list({ref.hash: ref for ref in manifest.chunks}.values())
         missing = [r for r in unique if index.find(bytes.fromhex(r.hash), excluded) is None]
         builder = PackBuilder(self._pack_size)
