@@ -28,7 +28,8 @@ from _engine import BENCH_LABELS, IMAGE, SLEEP, Engine, docker_cli, file_pieces
 
 import docksnap
 from docksnap.docker import DockerClient
-from docksnap.service.hostcapture import host_chunks, open_host_tree
+from docksnap.service.capture import Capture, SizeLimit
+from docksnap.service.hostcapture import HostCapture, open_host_tree
 
 Direction = Literal["out", "in"]  # out of a container (snapshot side) or into one (restore)
 SEED_STORE = "docker-volume:"
@@ -350,7 +351,9 @@ async def raw_host_read(r: Round) -> Sample:
     t0, n = _clock(), 0
     tree = await open_host_tree(docker, r.bench.source, state, r.spec.dir, "host")
     assert tree is not None
-    async for piece in host_chunks(tree, recheck=False):
+    capture = Capture(docker, r.bench.source, r.spec.dir, walked=tree.problems)
+    host = HostCapture(tree, capture, SizeLimit(2**62, r.spec.dir), None, recheck=False)
+    async for piece in host.frames():
         n += len(piece)
     seconds = _clock() - t0
     # Sub-second mtimes add a PAX header (1 KiB) per member to the engine's stream.

@@ -10,13 +10,15 @@ import os
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
+from docksnap.docker import DockerClient
 from docksnap.hostfs import resolve
 from docksnap.hostfs.tree import HostTree, parse_owners, tar_pieces
-from docksnap.service.hostcapture import host_chunks
+from docksnap.service.capture import Capture, SizeLimit
+from docksnap.service.hostcapture import HostCapture
 from docksnap.tarstream import TarIndexer
 from docksnap.tarstream.goheader import GoHeader, encode
 
@@ -200,7 +202,7 @@ async def test_cancelled_stream_waits_for_the_worker_then_closes_every_descripto
     before = set(os.listdir("/proc/self/fd"))
     fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     tree = HostTree(fd, parse_owners(b"", b""))
-    stream = host_chunks(tree, recheck=False)
+    stream = host_capture(tree).frames()
 
     async def consume() -> None:
         async for _ in stream:
@@ -214,6 +216,12 @@ async def test_cancelled_stream_waits_for_the_worker_then_closes_every_descripto
     await stream.aclose()
     assert tree.dir_fd == -1
     assert set(os.listdir("/proc/self/fd")) <= before
+
+
+def host_capture(tree: HostTree, parent: Any = None, limit: int = 2**40) -> HostCapture:
+    """Host capture of ``tree`` without an engine (the walk's report needs none)."""
+    capture = Capture(cast(DockerClient, None), "box", "/d", walked=tree.problems)
+    return HostCapture(tree, capture, SizeLimit(limit, "/d"), parent, recheck=False)
 
 
 def _walk_as_nobody(top: Path) -> dict[str, list[Any]]:
