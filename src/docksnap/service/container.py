@@ -393,12 +393,16 @@ class Container:
             state = await self._require_exists()
             if not self.running:
                 log.info("container %r is %s: not paused", self.name, describe_stopped(state))
-            # Read before the pause: the parent's headers come from the store.
+            # Read before the pause: the parent's headers come from the store. Only
+            # where host capture may run; a parent given by id must exist anyway.
             parent_files = None
-            if mode != "archive" or wanted_parent not in (None, AUTO):
+            may_host = mode != "archive" and bool(self._docker.address.uds) and self.running
+            if may_host:
                 parent_files = await find_parent(
                     self._store, wanted_parent, container=self.name, path=path
                 )
+            elif wanted_parent not in (None, AUTO):
+                await self._store.get(wanted_parent)
             record = DirectorySnapshot(id=new_snapshot_id(), size=0, dir=path, name=name)
             source = SnapshotSource(self.name, str(state.get("Image", "")))
             pause = pause and self.running

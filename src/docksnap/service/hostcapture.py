@@ -322,6 +322,8 @@ async def find_parent(
     if choice is None:
         return None
     if choice == AUTO:
+        if not _saves_members(store):
+            return None  # nothing could be reused: not worth listing the store
         info = _newest(await store.list(), container, path)
         if info is None:
             log.info("no earlier snapshot of %s in %r: full read", path, container)
@@ -346,6 +348,10 @@ async def find_parent(
     return parent
 
 
+def _saves_members(store: SnapshotStore) -> bool:
+    return isinstance(store, ChunkedStore) and store.per_file
+
+
 def _newest(infos: list[SnapshotInfo], container: str, path: str) -> SnapshotInfo | None:
     mine = [
         i
@@ -358,7 +364,7 @@ def _newest(infos: list[SnapshotInfo], container: str, path: str) -> SnapshotInf
 async def _unusable(store: SnapshotStore, info: SnapshotInfo, path: str) -> str:
     if info.dir != path:
         return f"it is a snapshot of {info.dir}, not of {path}"
-    if not isinstance(store, ChunkedStore) or not store.per_file:
+    if not isinstance(store, ChunkedStore) or not _saves_members(store):
         return "the store does not save member by member"
     if not await store.is_per_file(info.id):
         return "it was not cut per file (an older format)"
@@ -563,7 +569,8 @@ async def save_host_members(
     """Save host capture's members: member by member where the store can (reused
     content stays chunks), else as their plain tar stream (then nothing is reused:
     :func:`find_parent` gives no parent for such a store)."""
-    if isinstance(store, ChunkedStore) and store.per_file:
+    if _saves_members(store):
+        assert isinstance(store, ChunkedStore)
         return await store.save_members(snapshot, members, source=source, ttl=ttl)
     return await store.save(snapshot, _plain(members), source=source, ttl=ttl)
 
