@@ -53,9 +53,11 @@ _PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 
 @dataclass(slots=True)
 class HostMember:
-    """One member: its header bytes, its entry, and for a regular file its inode.
+    """One member: its header's fields, its entry, and for a regular file its inode.
 
-    ``path`` is relative to the snapshot's directory ("." for the root);
+    ``path`` is relative to the snapshot's directory ("." for the root); ``go``
+    holds the header's fields (:attr:`header` encodes them: the walk itself
+    does not, so that a paused container waits for system calls only);
     ``entry`` is what the header says, as :class:`~docksnap.tarstream.TarEntry`;
     ``stat`` is the ``fstat`` of the entry the header describes (inode, size,
     ``st_mtime_ns``, ``st_ctime_ns``: what an incremental capture compares).
@@ -66,11 +68,16 @@ class HostMember:
     """
 
     path: str
-    header: bytes
+    go: GoHeader
     entry: TarEntry
     stat: os.stat_result
     size: int
     source_fd: int | None = None
+
+    @property
+    def header(self) -> bytes:
+        """The header blocks, as the engine would write them (plus host capture's records)."""
+        return encode(self.go)
 
 
 @dataclass(slots=True)
@@ -228,7 +235,7 @@ class HostTree:
             -1,
             tuple((k.decode("utf-8", "surrogateescape"), v) for k, v in xattrs if v),
         )
-        return HostMember(path, encode(header), entry, st, size, fd)
+        return HostMember(path, header, entry, st, size, fd)
 
     def _xattrs(self, name: bytes, fd: int | str | None) -> tuple[tuple[bytes, bytes], ...]:
         """The carried attributes of an open directory (or of the inode a magic link

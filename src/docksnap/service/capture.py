@@ -36,6 +36,7 @@ import io
 import os
 import re
 import tarfile
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 
@@ -336,11 +337,17 @@ class SizeLimit:
         self.limit = limit
         self.path = path
         self.total = 0
+        # Host capture counts content in its walk's thread and headers where they
+        # are encoded, beside the event loop.
+        self._lock = threading.Lock()
 
     def take(self, size: int) -> None:
-        """Count ``size`` more bytes of the stream; raise if they go past the limit."""
-        self.total += size
-        if self.total > self.limit:
+        """Count ``size`` more bytes of the stream; raise if they go past the limit.
+        Thread-safe."""
+        with self._lock:
+            self.total += size
+            over = self.total > self.limit
+        if over:
             raise SnapshotTooLargeError(self.path, self.limit)
 
     async def stream(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

@@ -244,6 +244,8 @@ def _ascii(value: bytes) -> bool:
 
 def _to_ascii(value: bytes) -> bytes:
     """Go's ``toASCII``: bytes past 0x7f and NULs dropped (the PAX record has them all)."""
+    if value.isascii() and b"\0" not in value:
+        return value  # the common case, without a loop over the bytes
     return bytes(b for b in value if 0 < b < 0x80)
 
 
