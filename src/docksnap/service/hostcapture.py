@@ -24,6 +24,10 @@ raises as :class:`~docksnap.errors.HostCaptureUnavailableError`):
 Every path below the root is resolved inside it (:mod:`docksnap.hostfs.resolve`)
 and the walk holds descriptors (:mod:`docksnap.hostfs.tree`): nothing of the
 host is reachable through anything the container controls.
+
+Host capture is incremental (:func:`find_parent`, :class:`HostCapture`): a
+regular file whose inode, size, mtime and ctime equal its parent snapshot's
+is saved as the parent's chunks, never opened (docs/FORMAT.md §11.12).
 """
 
 from __future__ import annotations
