@@ -414,12 +414,14 @@ class Container:
                 try:
                     if ignore_file:
                         patterns += await read_ignore_file(self._docker, self.name, path)
+                    # Compiled (and refused if bad) before the tree holds descriptors.
+                    excludes = excludes_mod.Excludes(patterns) if patterns else None
                     tree = await open_host_tree(self._docker, self.name, state, path, mode)
                     capturing = Capture(
                         self._docker,
                         self.name,
                         path,
-                        excludes=excludes_mod.Excludes(patterns) if patterns else None,
+                        excludes=excludes,
                         paused=still,
                         strict=strict,
                         walked=tree.problems if tree is not None else None,
@@ -496,6 +498,7 @@ class Container:
                 )
         finally:
             await frames.aclose()
+            host.close()  # an unstarted generator's aclose runs no finally
 
     async def snapshot_container(
         self,

@@ -280,7 +280,7 @@ class ParentFiles:
     def __init__(self, snapshot_id: str) -> None:
         self.id = snapshot_id
         self._files: dict[str, tuple[int, int, int, int, int]] = {}
-        self._contents: list[ReusedContent] = []
+        self._contents: list[MemberChunkRecord] = []
 
     def __len__(self) -> int:
         return len(self._contents)
@@ -294,7 +294,7 @@ class ParentFiles:
             return
         inode, mtime_ns, ctime_ns = found
         self._files[entry.path] = (inode, entry.size, mtime_ns, ctime_ns, len(self._contents))
-        self._contents.append(record.reused())
+        self._contents.append(record)
 
     def match(self, member: HostMember) -> int | None:
         """The index of the parent's content for ``member`` when it is unchanged, else None.
@@ -311,7 +311,7 @@ class ParentFiles:
         return found[4]
 
     def content(self, index: int) -> ReusedContent:
-        return self._contents[index]
+        return self._contents[index].reused()
 
 
 async def find_parent(
@@ -427,6 +427,11 @@ class HostCapture:
         self._parent = parent
         self._recheck = recheck
         self._counts = _Counts()
+
+    def close(self) -> None:
+        """Close the tree's descriptors (idempotent). Only once :meth:`frames` ended:
+        its worker thread walks with them."""
+        self._tree.close()
 
     @property
     def reuse(self) -> CaptureReuse:
