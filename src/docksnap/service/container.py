@@ -436,11 +436,14 @@ class Container:
                             )
                         else:
                             host = HostCapture(
-                                tree, capturing, budget, parent_files, recheck=not still
+                                tree,
+                                capturing,
+                                budget,
+                                parent_files,
+                                recheck=not still,
+                                advance=progress.advance,
                             )
-                            info = await self._save_host(
-                                record, source, ttl, host, progress, spooling
-                            )
+                            info = await self._save_host(record, source, ttl, host, spooling)
                 except DockerError as exc:
                     if exc.status == 404 and exc.operation == "read archive":
                         raise DirectoryNotFoundError(self.name, path) from exc
@@ -485,14 +488,13 @@ class Container:
         source: SnapshotSource,
         ttl: float | None,
         host: HostCapture,
-        progress: Tracker,
         spooling: _Spooling,
     ) -> SnapshotInfo:
         """The host walk's members (unchanged files as the parent's chunks), read
         ahead while paused, into the store member by member."""
         frames = host.frames()
         try:
-            async with spooling.read_ahead(progress.stream(frames)) as stream:
+            async with spooling.read_ahead(frames) as stream:
                 return await save_host_members(
                     self._store, record, host.members(stream), source=source, ttl=ttl
                 )

@@ -38,7 +38,14 @@ import logging
 import os
 import stat
 import struct
-from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator, Mapping
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Callable,
+    Generator,
+    Iterator,
+    Mapping,
+)
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -420,6 +427,7 @@ class HostCapture:
         parent: ParentFiles | None,
         *,
         recheck: bool,
+        advance: Callable[[int], None] | None = None,
     ) -> None:
         self._tree = tree
         self._capture = capture
@@ -427,6 +435,17 @@ class HostCapture:
         self._parent = parent
         self._recheck = recheck
         self._counts = _Counts()
+        self._advance = advance
+        self._advanced = 0
+
+    def _progress(self) -> None:
+        """Report the tar bytes counted so far (content as the walk reads or reuses it,
+        headers as they are encoded); on the event loop only, as progress hooks run."""
+        if self._advance is not None:
+            total = self._limit.total
+            if total > self._advanced:
+                self._advance(total - self._advanced)
+                self._advanced = total
 
     def close(self) -> None:
         """Close the tree's descriptors (idempotent). Only once :meth:`frames` ended:
@@ -508,6 +527,7 @@ class HostCapture:
             while True:
                 in_flight = asyncio.ensure_future(asyncio.to_thread(batch))
                 got = await asyncio.shield(in_flight)
+                self._progress()
                 if not got:
                     return
                 for piece in got:
@@ -531,6 +551,7 @@ class HostCapture:
             fields_size, size, index = _FRAME.unpack(head)
             header = encode(fields.decode(await reader.read(fields_size)))
             self._limit.take(len(header))
+            self._progress()
             if index >= 0:
                 assert self._parent is not None
                 yield Member(header, self._parent.content(index))
@@ -538,6 +559,7 @@ class HostCapture:
                 yield Member(header, reader.pieces(size))
         trailer = await self._capture.trailer()
         self._limit.take(len(trailer) + len(END_OF_ARCHIVE))
+        self._progress()
         if trailer:
             yield Member(trailer)
 
