@@ -34,7 +34,9 @@ from tests.conftest import (
     SESSION_LABEL,
     SESSION_LABELS,
     TEST_IMAGE,
+    exported,
     read_file,
+    root_of,
     running,
     session_client,
     sleeper,
@@ -71,23 +73,11 @@ def chunked(client: docksnap.Client) -> docksnap.Client:
     return client
 
 
-async def root_of(client: docksnap.Client, box: docksnap.Container) -> Path:
-    """The container's root as this host sees it (test set-up only: the code under
-    test never walks a string path below it)."""
-    info = await client.docker.inspect_container(box.name)
-    return Path(f"/proc/{info['State']['Pid']}/root")
-
-
 def whole_seconds(top: Path) -> None:
     """Drop sub-second mtimes, which the engine's archive cannot carry."""
     for path in [top, *top.rglob("*")]:
         seconds = path.lstat().st_mtime_ns // 10**9 * 10**9
         os.utime(path, ns=(seconds, seconds), follow_symlinks=False)
-
-
-async def exported(client: docksnap.Client, snapshot_id: str) -> bytes:
-    async with client.snapshots.export(snapshot_id) as reader:
-        return b"".join([piece async for piece in reader])
 
 
 async def test_host_stream_is_the_engines_archive_plus_inodes_and_ctimes(

@@ -9,7 +9,6 @@ restored content (what the snapshot holds).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
@@ -26,7 +25,9 @@ from tests.conftest import (
     SESSION_ID,
     SESSION_LABEL,
     TEST_IMAGE,
-    read_file,
+    exported,
+    root_of,
+    running,
     session_client,
     sleeper,
     unique_name,
@@ -47,41 +48,11 @@ UNCHANGED = {"keep": 5, "sub/f1": 5, "sub/f2": 5, "sub/f3": 5, "big": BIG}
 
 
 @pytest.fixture
-async def chunked(docker_engine: None, tmp_path: Path) -> AsyncIterator[docksnap.Client]:
+async def client(docker_engine: None, tmp_path: Path) -> AsyncIterator[docksnap.Client]:
+    """A client on a private chunked store (per-file: what incremental capture needs);
+    the session's ``containers`` fixture destroys what the tests start on it."""
     async with session_client((tmp_path / "store").as_uri()) as client:
         yield client
-
-
-@pytest.fixture
-async def boxes(chunked: docksnap.Client) -> AsyncIterator[list[docksnap.Container]]:
-    made: list[docksnap.Container] = []
-    yield made
-    for box in made:
-        await box.destroy()
-
-
-async def started(
-    client: docksnap.Client, made: list[docksnap.Container], script: str = SETUP
-) -> docksnap.Container:
-    box = client.container(unique_name("ds-incr"))
-    made.append(box)
-    await box.start(TEST_IMAGE, entrypoint=sleeper(script + " && touch /ready"))
-    for _ in range(200):
-        if await read_file(client, box.name, "/ready") is not None:
-            return box
-        await asyncio.sleep(0.05)
-    raise AssertionError("container did not get ready")
-
-
-async def root_of(client: docksnap.Client, box: docksnap.Container) -> Path:
-    """The container's root as this host sees it (test set-up only)."""
-    info = await client.docker.inspect_container(box.name)
-    return Path(f"/proc/{info['State']['Pid']}/root")
-
-
-async def exported(client: docksnap.Client, snapshot_id: str) -> bytes:
-    async with client.snapshots.export(snapshot_id) as reader:
-        return b"".join([piece async for piece in reader])
 
 
 def change_files(top: Path) -> dict[str, bytes]:
@@ -118,25 +89,27 @@ def change_files(top: Path) -> dict[str, bytes]:
 
 
 async def restored_tree(
-    client: docksnap.Client, boxes: list[docksnap.Container], snap: docksnap.DirectorySnapshot
+    client: docksnap.Client,
+    containers: list[docksnap.Container],
+    snap: docksnap.DirectorySnapshot,
 ) -> Path:
     copy = client.container(unique_name("ds-incr-r"))
-    boxes.append(copy)
+    containers.append(copy)
     await copy.start(TEST_IMAGE, entrypoint=sleeper(), snapshots=[snap])
     return await root_of(client, copy) / "w"
 
 
 async def test_changed_files_are_read_and_unchanged_ones_reused(
-    chunked: docksnap.Client, boxes: list[docksnap.Container]
+    client: docksnap.Client, containers: list[docksnap.Container]
 ) -> None:
-    box = await started(chunked, boxes)
+    box = await running(client, containers, SETUP)
     first = await box.snapshot_directory("/w", capture="host")
     assert first.reuse is not None
     assert first.reuse.parent is None  # nothing to compare with: a full read
     assert first.reuse.reused_files == 0
     assert first.reuse.read_files == len(UNCHANGED) + 5
 
-    top = await root_of(chunked, box) / "w"
+    top = await root_of(client, box) / "w"
     changed = change_files(top)
     second = await box.snapshot_directory("/w", capture="host")
     assert second.capture == "host"
@@ -147,7 +120,7 @@ async def test_changed_files_are_read_and_unchanged_ones_reused(
     assert second.reuse.read_files == len(changed)
     assert second.reuse.read_bytes == sum(len(data) for data in changed.values())
 
-    restored = await restored_tree(chunked, boxes, second)
+    restored = await restored_tree(client, containers, second)
     for name, data in changed.items():
         assert (restored / name).read_bytes() == data, name
     assert (restored / "big").read_bytes() == (top / "big").read_bytes()
@@ -162,13 +135,13 @@ async def test_changed_files_are_read_and_unchanged_ones_reused(
 
 
 async def test_an_incremental_snapshot_is_the_full_capture_of_the_same_state(
-    chunked: docksnap.Client, boxes: list[docksnap.Container]
+    client: docksnap.Client, containers: list[docksnap.Container]
 ) -> None:
     """Byte for byte: reused content is the chunks a fresh read cuts, and headers are
     always rebuilt from the walk's stat, so nothing tells the two apart."""
-    box = await started(chunked, boxes)
+    box = await running(client, containers, SETUP)
     first = await box.snapshot_directory("/w", capture="host")
-    change_files(await root_of(chunked, box) / "w")
+    change_files(await root_of(client, box) / "w")
     incremental = await box.snapshot_directory("/w", capture="host", parent=first)
     full = await box.snapshot_directory("/w", capture="host", parent=None)
     assert incremental.reuse is not None
@@ -176,15 +149,15 @@ async def test_an_incremental_snapshot_is_the_full_capture_of_the_same_state(
     assert incremental.reuse.reused_files == len(UNCHANGED)
     assert (full.reuse.parent, full.reuse.reused_files) == (None, 0)
     assert full.reuse.read_files == incremental.reuse.read_files + len(UNCHANGED)
-    assert await exported(chunked, incremental.id) == await exported(chunked, full.id)
+    assert await exported(client, incremental.id) == await exported(client, full.id)
     assert incremental.digest == full.digest
     assert incremental.size == full.size
 
 
 async def test_a_parent_made_by_the_archive_api_gives_a_full_read(
-    chunked: docksnap.Client, boxes: list[docksnap.Container]
+    client: docksnap.Client, containers: list[docksnap.Container]
 ) -> None:
-    box = await started(chunked, boxes)
+    box = await running(client, containers, SETUP)
     archive = await box.snapshot_directory("/w", capture="archive")
     assert archive.reuse is None  # the archive path reads everything, always
     for parent in (archive.id, "auto"):  # "auto" finds it: the newest of /w
@@ -192,13 +165,13 @@ async def test_a_parent_made_by_the_archive_api_gives_a_full_read(
         assert snap.reuse is not None
         assert (snap.reuse.parent, snap.reuse.reused_files) == (None, 0)
         assert snap.reuse.read_files == len(UNCHANGED) + 5
-        await chunked.snapshots.delete(snap.id)
+        await client.snapshots.delete(snap.id)
 
 
 async def test_a_parent_of_another_directory_gives_a_full_read(
-    chunked: docksnap.Client, boxes: list[docksnap.Container]
+    client: docksnap.Client, containers: list[docksnap.Container]
 ) -> None:
-    box = await started(chunked, boxes, SETUP + " && mkdir /w2 && cp -a /w/keep /w2/keep")
+    box = await running(client, containers, SETUP + " && mkdir /w2 && cp -a /w/keep /w2/keep")
     other = await box.snapshot_directory("/w2", capture="host")
     snap = await box.snapshot_directory("/w", capture="host", parent=other.id)
     assert snap.reuse is not None
@@ -210,48 +183,48 @@ async def test_a_parent_of_another_directory_gives_a_full_read(
 
 
 async def test_a_missing_parent_is_a_typed_error_naming_it(
-    chunked: docksnap.Client, boxes: list[docksnap.Container]
+    client: docksnap.Client, containers: list[docksnap.Container]
 ) -> None:
-    box = await started(chunked, boxes)
+    box = await running(client, containers, SETUP)
     missing = "0f1e2d3c-4b5a-4968-8776-655443322110"
     with pytest.raises(SnapshotNotFoundError, match=missing) as caught:
         await box.snapshot_directory("/w", capture="host", parent=missing)
     assert caught.value.snapshot_id == missing
     with pytest.raises(InvalidArgumentError, match="not-an-id"):
         await box.snapshot_directory("/w", parent="not-an-id")
-    assert [s async for s in chunked.snapshots.list()] == []  # nothing stored
-    state = (await chunked.docker.inspect_container(box.name))["State"]
+    assert [s async for s in client.snapshots.list()] == []  # nothing stored
+    state = (await client.docker.inspect_container(box.name))["State"]
     assert state["Paused"] is False
 
 
 async def test_gc_after_the_parent_is_deleted_keeps_the_childs_reused_chunks(
-    chunked: docksnap.Client, boxes: list[docksnap.Container]
+    client: docksnap.Client, containers: list[docksnap.Container]
 ) -> None:
-    box = await started(chunked, boxes)
+    box = await running(client, containers, SETUP)
     first = await box.snapshot_directory("/w", capture="host")
-    top = await root_of(chunked, box) / "w"
+    top = await root_of(client, box) / "w"
     (top / "edit").write_bytes(b"changed\n")
     second = await box.snapshot_directory("/w", capture="host")
     assert second.reuse is not None
     assert second.reuse.reused_bytes >= BIG
-    await chunked.snapshots.delete(first.id)
-    report = await chunked.snapshots.gc(grace=0)
+    await client.snapshots.delete(first.id)
+    report = await client.snapshots.gc(grace=0)
     assert report.objects_deleted >= 0
-    verified = await chunked.snapshots.verify(second.id)
+    verified = await client.snapshots.verify(second.id)
     assert verified.ok, verified.problems
-    restored = await restored_tree(chunked, boxes, second)
+    restored = await restored_tree(client, containers, second)
     assert (restored / "big").read_bytes() == (top / "big").read_bytes()
     assert (restored / "edit").read_bytes() == b"changed\n"
 
 
 async def test_excludes_and_the_size_limit_hold_on_the_members_path(
-    chunked: docksnap.Client, boxes: list[docksnap.Container]
+    client: docksnap.Client, containers: list[docksnap.Container]
 ) -> None:
-    box = await started(chunked, boxes)
+    box = await running(client, containers, SETUP)
     first = await box.snapshot_directory("/w", capture="host", exclude=["sub/", "big"])
     assert first.reuse is not None
     assert first.reuse.read_files == 6  # keep, edit, inplace, renamed, chmod, gone
-    paths = {entry.path for entry in await chunked.snapshots.files(first.id)}
+    paths = {entry.path for entry in await client.snapshots.files(first.id)}
     assert not any(p.startswith("sub") or p == "big" for p in paths)
     assert first.report is not None
     assert first.report.excluded == 5  # sub, its three files, big
@@ -260,15 +233,15 @@ async def test_excludes_and_the_size_limit_hold_on_the_members_path(
     assert (second.reuse.parent, second.reuse.reused_files) == (first.id, 6)
     with pytest.raises(docksnap.SnapshotTooLargeError):
         await box.snapshot_directory("/w", capture="host", size_limit=BIG)
-    assert {s.id async for s in chunked.snapshots.list()} == {first.id, second.id}
-    state = (await chunked.docker.inspect_container(box.name))["State"]
+    assert {s.id async for s in client.snapshots.list()} == {first.id, second.id}
+    state = (await client.docker.inspect_container(box.name))["State"]
     assert state["Paused"] is False
 
 
 async def test_cli_reports_the_parent_and_what_was_reused(
-    chunked: docksnap.Client, boxes: list[docksnap.Container], tmp_path: Path
+    client: docksnap.Client, containers: list[docksnap.Container], tmp_path: Path
 ) -> None:
-    box = await started(chunked, boxes)
+    box = await running(client, containers, SETUP)
     store = (tmp_path / "store").as_uri()
 
     def cli(*args: str) -> dict[str, Any]:
