@@ -28,7 +28,8 @@ from _engine import BENCH_LABELS, IMAGE, SLEEP, Engine, docker_cli, file_pieces
 
 import docksnap
 from docksnap.docker import DockerClient
-from docksnap.service.hostcapture import host_chunks, open_host_tree
+from docksnap.service.capture import Capture, SizeLimit
+from docksnap.service.hostcapture import HostCapture, open_host_tree
 
 Direction = Literal["out", "in"]  # out of a container (snapshot side) or into one (restore)
 SEED_STORE = "docker-volume:"
@@ -350,7 +351,9 @@ async def raw_host_read(r: Round) -> Sample:
     t0, n = _clock(), 0
     tree = await open_host_tree(docker, r.bench.source, state, r.spec.dir, "host")
     assert tree is not None
-    async for piece in host_chunks(tree, recheck=False):
+    capture = Capture(docker, r.bench.source, r.spec.dir, walked=tree.problems)
+    host = HostCapture(tree, capture, SizeLimit(2**62, r.spec.dir), None, recheck=False)
+    async for piece in host.frames():
         n += len(piece)
     seconds = _clock() - t0
     # Sub-second mtimes add a PAX header (1 KiB) per member to the engine's stream.
@@ -482,6 +485,81 @@ async def resnapshot_unchanged(r: Round) -> Sample:
     await r.chunked_snapshot()
     sample, _ = await r.snapshot_measured(r.spec.dir)
     return sample
+
+
+async def _host_snapshot(r: Round, store: str, directory: str) -> Sample:
+    """A host capture of ``directory`` into ``store`` (parent: the newest snapshot of it)."""
+    result, record = await r.bench.snapshot(store, directory, capture="host")
+    if record.capture != "host":
+        raise RuntimeError(f"{r.spec.name}: host capture fell back to {record.capture}")
+    reuse = result.reuse or {}
+    return Sample(
+        result.seconds,
+        peak_rss_bytes=result.peak_rss_bytes,
+        rss_start_bytes=result.rss_start_bytes,
+        extra={
+            "cpu_s": result.cpu_seconds,
+            **_pause(record),
+            **{k: float(v) for k, v in reuse.items() if k != "parent" and v is not None},
+        },
+    )
+
+
+@case(
+    "resnapshot_unchanged_host",
+    "out",
+    "host capture again, nothing changed: every file reused from the parent, none read",
+    chunked=True,
+)
+async def resnapshot_unchanged_host(r: Round) -> Sample:
+    store = r.bench.new_store(f"{r.spec.name}-r{r.rep}-host-unchanged")
+    try:
+        await _host_snapshot(r, store, r.spec.dir)  # the parent: a full read, not timed
+        sample = await _host_snapshot(r, store, r.spec.dir)
+    finally:
+        await remove_store(store)
+    if sample.extra.get("read_files", 0) or not sample.extra.get("reused_files"):
+        raise RuntimeError(f"{r.spec.name}: unchanged re-snapshot read files: {sample.extra}")
+    return sample
+
+
+@case(
+    "resnapshot_incremental_host",
+    "out",
+    "host capture after ~1% changed in place (parent: the same directory before)",
+    chunked=True,
+)
+async def resnapshot_incremental_host(r: Round) -> Sample:
+    """A copy of the data set (so other cases keep theirs), snapshotted, changed by
+    about 1 % of its bytes, snapshotted again: only the second is timed."""
+    copy = f"{r.spec.dir}-incr{r.rep}"
+    store = r.bench.new_store(f"{r.spec.name}-r{r.rep}-host-incr")
+    engine = r.bench.engine
+    await engine.exec(r.bench.source, f"rm -rf {copy} && cp -a {r.spec.dir} {copy}")
+    try:
+        await _host_snapshot(r, store, copy)
+        await engine.exec(r.bench.source, _one_percent(r.spec, copy, r.data.bytes))
+        sample = await _host_snapshot(r, store, copy)
+    finally:
+        await engine.exec(r.bench.source, f"rm -rf {copy}")
+        await remove_store(store)
+    if not sample.extra.get("reused_files"):
+        raise RuntimeError(f"{r.spec.name}: incremental re-snapshot reused nothing")
+    return sample
+
+
+def _one_percent(spec: _data.DatasetSpec, root: str, size: int) -> str:
+    """Shell that changes about 1 % of ``root``'s bytes: a new file of 1 % of them, plus,
+    in a tree of many files, 500 lines appended to one and one directory deleted
+    (the ``incremental`` data set's change)."""
+    script = f"head -c {size // 100} /dev/urandom > {root}/added-1pct.bin"
+    if len(spec.layout.files) > 100:
+        change = _data.incremental_mutation(spec.layout, 0)
+        script += (
+            f" && seq 1 {change.append_lines} >> {root}/{change.append_to}"
+            f" && rm -rf {root}/{change.delete_dir}"
+        )
+    return script
 
 
 @case(

@@ -207,6 +207,8 @@ SNAPSHOT_CASES = (
     "snapshot",
     "snapshot_host",
     "resnapshot_unchanged",
+    "resnapshot_unchanged_host",
+    "resnapshot_incremental_host",
     "restore",
     "warm_restore",
     "restic_backup",

@@ -96,6 +96,32 @@ def _speedup(
     return measure
 
 
+def _time_ratio(
+    ours: str, theirs: str
+) -> Callable[[Mapping[str, CaseResult]], tuple[float, str] | None]:
+    """Time of ``ours`` over the time of ``theirs`` (lower is better)."""
+
+    def measure(cases: Mapping[str, CaseResult]) -> tuple[float, str] | None:
+        if ours not in cases or theirs not in cases:
+            return None
+        a, b = cases[ours], cases[theirs]
+        return a.median_s / b.median_s, f"{a.median_s:.3f} s vs {b.median_s:.3f} s"
+
+    return measure
+
+
+def _pause_seconds(name: str) -> Callable[[Mapping[str, CaseResult]], tuple[float, str] | None]:
+    def measure(cases: Mapping[str, CaseResult]) -> tuple[float, str] | None:
+        result = cases.get(name)
+        if result is None or "pause_s" not in result.extra:
+            return None
+        reused = result.extra.get("reused_files", 0)
+        read = result.extra.get("read_files", 0)
+        return result.extra["pause_s"], f"{reused:.0f} files reused, {read:.0f} read"
+
+    return measure
+
+
 def _new_fraction(name: str) -> Callable[[Mapping[str, CaseResult]], tuple[float, str] | None]:
     def measure(cases: Mapping[str, CaseResult]) -> tuple[float, str] | None:
         result = cases.get(name)
@@ -159,6 +185,35 @@ def _warm_restore_growth(results: Results) -> tuple[float, str] | None:
 
 
 TARGETS = (
+    # Issue 12: an incremental host capture costs what changed, and pauses that long.
+    TargetSpec(
+        "resnapshot_unchanged_host <= 0.1 x raw_get time",
+        (SMALL, LARGE),
+        _time_ratio("resnapshot_unchanged_host", "raw_get"),
+        lambda v: v <= 0.1,
+        "<= 0.10",
+    ),
+    TargetSpec(
+        "resnapshot_unchanged_host pause_s <= 0.3 s",
+        (SMALL,),
+        _pause_seconds("resnapshot_unchanged_host"),
+        lambda v: v <= 0.3,
+        "<= 0.3 s",
+    ),
+    TargetSpec(
+        "resnapshot_unchanged_host faster than restic_backup_unchanged",
+        (SMALL, LARGE),
+        _speedup("resnapshot_unchanged_host", "restic_backup_unchanged"),
+        lambda v: v > 1.0,
+        "> 1.00",
+    ),
+    TargetSpec(
+        "resnapshot_incremental_host <= 0.3 x raw_get time",
+        (SMALL, LARGE),
+        _time_ratio("resnapshot_incremental_host", "raw_get"),
+        lambda v: v <= 0.3,
+        "<= 0.30",
+    ),
     # Issue 12: host capture reads the directory itself, faster than the engine can send it.
     TargetSpec(
         "snapshot_host >= 1.5 x raw_get",

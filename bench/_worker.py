@@ -47,6 +47,7 @@ class Result:
     peak_rss_bytes: int
     rss_start_bytes: int
     snapshot: dict[str, Any] | None = None
+    reuse: dict[str, Any] | None = None  # snapshot: CaptureReuse.to_dict() (host capture)
 
 
 class WorkerError(RuntimeError):
@@ -95,10 +96,11 @@ async def _run(request: Request) -> Result:
         )
         profiler = _start_profile(request)
         rss_start, cpu0, t0 = _rss_now(), _cpu(), time.perf_counter()
-        record = None
+        record = reuse = None
         if request.op == "snapshot":
             taken = await box.snapshot_directory(request.dir, capture=request.capture)  # type: ignore[arg-type]
             record = taken.to_dict()
+            reuse = taken.reuse.to_dict() if taken.reuse is not None else None
         elif request.op == "restore":
             await box.start(
                 request.image,
@@ -110,7 +112,7 @@ async def _run(request: Request) -> Result:
         if profiler is not None:
             profiler.finish(request, seconds, cpu)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-    return Result(seconds, cpu, peak, rss_start, record)
+    return Result(seconds, cpu, peak, rss_start, record, reuse)
 
 
 def _start_profile(request: Request) -> Any:

@@ -211,6 +211,19 @@ async def containers(client: docksnap.Client) -> AsyncIterator[list[docksnap.Con
         await box.destroy()
 
 
+async def root_of(client: docksnap.Client, box: docksnap.Container) -> Path:
+    """The container's root as this host sees it (test set-up only: the code under
+    test never walks a string path below it)."""
+    info = await client.docker.inspect_container(box.name)
+    return Path(f"/proc/{info['State']['Pid']}/root")
+
+
+async def exported(client: docksnap.Client, snapshot_id: str) -> bytes:
+    """A snapshot's tar stream, whole (small snapshots only)."""
+    async with client.snapshots.export(snapshot_id) as reader:
+        return b"".join([piece async for piece in reader])
+
+
 async def read_file(client: docksnap.Client, container: str, path: str) -> bytes | None:
     """A file's bytes from a container (running or not), or None if it does not exist."""
     try:

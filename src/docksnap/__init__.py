@@ -36,7 +36,13 @@ from docksnap.errors import (
     StoreUnavailableError,
     UnsafeArchiveError,
 )
-from docksnap.model import DirectorySnapshot, SnapshotInfo, SnapshotRestore, SnapshotSource
+from docksnap.model import (
+    CaptureReuse,
+    DirectorySnapshot,
+    SnapshotInfo,
+    SnapshotRestore,
+    SnapshotSource,
+)
 from docksnap.report import CaptureReport, ReportEntry
 from docksnap.service import Catalogue, Client, Container
 from docksnap.service.archive import FileChange, SnapshotDiff
@@ -68,6 +74,7 @@ __all__ = [
     "CacheEntryNotFoundError",
     "CaptureIncompleteError",
     "CaptureReport",
+    "CaptureReuse",
     "Catalogue",
     "Client",
     "Conflict",

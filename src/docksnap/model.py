@@ -69,6 +69,34 @@ def _require_int(name: str, value: object) -> int:
 
 
 @dataclass(frozen=True, slots=True)
+class CaptureReuse:
+    """What a host capture took from its parent snapshot and what it read.
+
+    ``parent`` is the id of the snapshot compared with (None: a full read).
+    A regular file whose inode, size, mtime and ctime (nanoseconds) equal the
+    parent's file at the same path is *reused*: its content is the parent's
+    chunks, never opened. Every other regular file is *read*. Bytes are file
+    content bytes (no headers, no padding); members that carry no content
+    (directories, links, devices) count in neither.
+    """
+
+    parent: str | None
+    reused_files: int = 0
+    reused_bytes: int = 0
+    read_files: int = 0
+    read_bytes: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "parent": self.parent,
+            "reused_files": self.reused_files,
+            "reused_bytes": self.reused_bytes,
+            "read_files": self.read_files,
+            "read_bytes": self.read_bytes,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class DirectorySnapshot:
     """An immutable handle on one stored snapshot of a directory.
 
@@ -94,7 +122,8 @@ class DirectorySnapshot:
     the snapshot was taken, not what it holds, so it takes no part in equality.
     ``capture`` is set alongside it: ``"host"`` when the directory was read
     through the container's root from this host, ``"archive"`` when through the
-    engine's archive API.
+    engine's archive API. ``reuse`` (host capture only) says what an
+    incremental capture took from its parent unread and what it read.
     """
 
     id: str
@@ -109,6 +138,7 @@ class DirectorySnapshot:
     # import_tar). Not part of the record: never compared, printed or serialized.
     info: SnapshotInfo | None = field(default=None, compare=False, repr=False, kw_only=True)
     report: CaptureReport | None = field(default=None, compare=False, repr=False, kw_only=True)
+    reuse: CaptureReuse | None = field(default=None, compare=False, repr=False, kw_only=True)
 
     def __post_init__(self) -> None:
         if not is_snapshot_id(self.id):

@@ -23,8 +23,7 @@ import docksnap
 import docksnap.docker
 from docksnap import DirectorySnapshot, SnapshotRestore
 from docksnap.docker.client import ArchiveStream
-from docksnap.hostfs.tree import HostTree
-from docksnap.service import container as container_module
+from docksnap.service.hostcapture import HostCapture
 from docksnap.store.base import TarReader
 from tests.conftest import (
     ALT_IMAGE,
@@ -322,15 +321,15 @@ async def test_container_is_paused_while_the_host_walks(
     """Host capture: paused from the walk's start to its last read, unpaused after."""
     box = await running(client, containers, "mkdir -p /d && echo x > /d/f")
     seen: list[bool] = []
-    from docksnap.service.hostcapture import host_chunks as real_host_chunks
+    real_frames = HostCapture.frames
 
-    async def spying(tree: HostTree, *, recheck: bool) -> AsyncIterator[bytes]:
+    async def spying(self: HostCapture) -> AsyncIterator[bytes]:
         seen.append((await client.docker.inspect_container(box.name))["State"]["Paused"])
-        async for piece in real_host_chunks(tree, recheck=recheck):
+        async for piece in real_frames(self):
             yield piece
         seen.append((await client.docker.inspect_container(box.name))["State"]["Paused"])
 
-    monkeypatch.setattr(container_module, "host_chunks", spying)
+    monkeypatch.setattr(HostCapture, "frames", spying)
     snap = await box.snapshot_directory("/d", capture="host")
     assert snap.capture == "host"
     await box.snapshot_directory("/d", pause=False, capture="host")

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import os
 import socket
 import struct
 import subprocess
 import sys
+import tarfile
 import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -32,7 +34,9 @@ from tests.conftest import (
     SESSION_LABEL,
     SESSION_LABELS,
     TEST_IMAGE,
+    exported,
     read_file,
+    root_of,
     running,
     session_client,
     sleeper,
@@ -69,13 +73,6 @@ def chunked(client: docksnap.Client) -> docksnap.Client:
     return client
 
 
-async def root_of(client: docksnap.Client, box: docksnap.Container) -> Path:
-    """The container's root as this host sees it (test set-up only: the code under
-    test never walks a string path below it)."""
-    info = await client.docker.inspect_container(box.name)
-    return Path(f"/proc/{info['State']['Pid']}/root")
-
-
 def whole_seconds(top: Path) -> None:
     """Drop sub-second mtimes, which the engine's archive cannot carry."""
     for path in [top, *top.rglob("*")]:
@@ -83,24 +80,66 @@ def whole_seconds(top: Path) -> None:
         os.utime(path, ns=(seconds, seconds), follow_symlinks=False)
 
 
-async def exported(client: docksnap.Client, snapshot_id: str) -> bytes:
-    async with client.snapshots.export(snapshot_id) as reader:
-        return b"".join([piece async for piece in reader])
-
-
-async def test_host_stream_is_the_engines_archive_byte_for_byte(
+async def test_host_stream_is_the_engines_archive_plus_inodes_and_ctimes(
     chunked: docksnap.Client, containers: list[docksnap.Container]
 ) -> None:
+    """Member for member, field for field and byte for byte of content, the host
+    stream is the engine's; its only additions are each regular file's inode and
+    ctime (which make the header PAX: the name moves into a ``path`` record)."""
     box = await running(chunked, containers, TREE)
-    whole_seconds(await root_of(chunked, box) / "w")
+    root = await root_of(chunked, box) / "w"
+    whole_seconds(root)
     archive = await box.snapshot_directory("/w", capture="archive")
     host = await box.snapshot_directory("/w", capture="host")
     assert (archive.capture, host.capture) == ("archive", "host")
     assert host.report is not None
     assert host.report.ok, host.report
     assert host.report.checked == ("walk", "xattrs")
-    assert await exported(chunked, host.id) == await exported(chunked, archive.id)
-    assert host.digest == archive.digest
+    host_members = tar_members(await exported(chunked, host.id))
+    assert _without_host_records(host_members) == tar_members(await exported(chunked, archive.id))
+    records = {m[0]["name"]: m[1] for m in host_members if m[0]["type"] == tarfile.REGTYPE}
+    st = (root / "d/e/f").stat()
+    assert records["./d/e/f"]["DOCKSNAP.ino"] == str(st.st_ino)
+    seconds, nanoseconds = divmod(st.st_ctime_ns, 10**9)
+    assert records["./d/e/f"]["ctime"] == f"{seconds}.{nanoseconds:09d}".rstrip("0").rstrip(".")
+    assert all("DOCKSNAP.ino" in r and "ctime" in r for r in records.values())
+
+
+Member = tuple[dict[str, Any], dict[str, str], bytes]
+
+
+def tar_members(data: bytes) -> list[Member]:
+    """Each member's fields, PAX records and content (no checksum: the header
+    blocks may differ while saying the same)."""
+    out = []
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+        for member in tar:
+            info = dict(member.get_info())
+            info.pop("chksum")
+            handle = tar.extractfile(member) if member.isfile() else None
+            out.append((info, dict(member.pax_headers), handle.read() if handle else b""))
+    return out
+
+
+def _without_host_records(members: list[Member]) -> list[Member]:
+    """What the engine's archive would hold: no inode or ctime records, and names
+    as ustar holds them (a PAX ``path`` only where ustar cannot)."""
+    out = []
+    for info, records, data in members:
+        kept = {k: v for k, v in records.items() if k not in ("DOCKSNAP.ino", "ctime")}
+        if "path" in kept and _ustar_can_hold(kept["path"]):
+            del kept["path"]
+        out.append((info, kept, data))
+    return out
+
+
+def _ustar_can_hold(name: str) -> bool:
+    if not name.isascii():
+        return False
+    if len(name) <= 100:
+        return True
+    prefix = name[:156].rpartition("/")[0]
+    return bool(prefix) and len(prefix) <= 155 and 0 < len(name) - len(prefix) - 1 <= 100
 
 
 async def test_restores_of_host_and_archive_captures_agree(

@@ -10,15 +10,28 @@ import os
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
+from docksnap.docker import DockerClient
 from docksnap.hostfs import resolve
 from docksnap.hostfs.tree import HostTree, parse_owners, tar_pieces
-from docksnap.service.hostcapture import host_chunks
+from docksnap.model import (
+    CaptureReuse,
+    DirectorySnapshot,
+    SnapshotInfo,
+    SnapshotSource,
+    new_snapshot_id,
+)
+from docksnap.service.capture import Capture, SizeLimit
+from docksnap.service.hostcapture import HostCapture, ParentFiles, find_parent, save_host_members
+from docksnap.service.spool import read_ahead
+from docksnap.store.chunked import ChunkedStore
+from docksnap.store.objects.local import LocalObjectStore
 from docksnap.tarstream import TarIndexer
-from docksnap.tarstream.goheader import GoHeader, encode
+from docksnap.tarstream.build import pax_record
+from docksnap.tarstream.goheader import GoHeader, encode, host_stat
 
 
 @pytest.fixture
@@ -200,7 +213,7 @@ async def test_cancelled_stream_waits_for_the_worker_then_closes_every_descripto
     before = set(os.listdir("/proc/self/fd"))
     fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     tree = HostTree(fd, parse_owners(b"", b""))
-    stream = host_chunks(tree, recheck=False)
+    stream = host_capture(tree).frames()
 
     async def consume() -> None:
         async for _ in stream:
@@ -214,6 +227,12 @@ async def test_cancelled_stream_waits_for_the_worker_then_closes_every_descripto
     await stream.aclose()
     assert tree.dir_fd == -1
     assert set(os.listdir("/proc/self/fd")) <= before
+
+
+def host_capture(tree: HostTree, parent: Any = None, limit: int = 2**40) -> HostCapture:
+    """Host capture of ``tree`` without an engine (the walk's report needs none)."""
+    capture = Capture(cast(DockerClient, None), "box", "/d", walked=tree.problems)
+    return HostCapture(tree, capture, SizeLimit(limit, "/d"), parent, recheck=False)
 
 
 def _walk_as_nobody(top: Path) -> dict[str, list[Any]]:
@@ -260,3 +279,116 @@ def test_a_file_that_cannot_be_read_is_reported_not_skipped(tmp_path: Path) -> N
     assert "./closed" not in result["names"]
     assert "./locked" in result["names"]  # the directory is there, its contents unknown
     assert sorted(result["problems"]) == [["closed", "unreadable"], ["locked", "unreadable"]]
+
+
+def _tree(top: Path) -> HostTree:
+    """As :func:`walk` opens it (the same owner names)."""
+    owners = parse_owners(b"root:x:0:0::/:/bin/sh\n", b"root:x:0:\n")
+    return HostTree(os.open(top, os.O_RDONLY | os.O_DIRECTORY), owners)
+
+
+async def _save_host(
+    store: ChunkedStore, top: Path, parent: ParentFiles | None, memory: int
+) -> tuple[SnapshotInfo, HostCapture]:
+    """A host capture of ``top`` through a read-ahead whose memory is ``memory`` bytes
+    (small: the frames cross the spool file)."""
+    host = host_capture(_tree(top), parent)
+    record = DirectorySnapshot(id=new_snapshot_id(), size=0, dir="/d")
+    frames = host.frames()
+
+    async def unpaused() -> None:
+        return None
+
+    async with read_ahead(
+        frames, on_end=unpaused, directory=top.parent, memory=memory, hold=True
+    ) as stream:
+        info = await save_host_members(
+            store, record, host.members(stream), source=SnapshotSource("box", "img"), ttl=None
+        )
+    return info, host
+
+
+async def _export(store: ChunkedStore, snapshot_id: str) -> bytes:
+    async with store.open(snapshot_id) as reader:
+        return b"".join([piece async for piece in reader])
+
+
+async def test_host_members_through_the_spool_are_the_walks_tar_stream(tmp_path: Path) -> None:
+    """Frames of every size (a header alone, small files joined, pieces of a 3 MiB
+    file) cross a spool file and come back as the members of the walk's stream."""
+    top = tmp_path / "d"
+    (top / "sub").mkdir(parents=True)
+    (top / "empty").write_bytes(b"")
+    (top / "small").write_bytes(b"s" * 700)
+    (top / "mid").write_bytes(os.urandom(100 * 1024))
+    (top / "sub/big").write_bytes(os.urandom(3 * 1024 * 1024 + 5))
+    os.symlink("small", top / "link")
+    store = ChunkedStore(LocalObjectStore(tmp_path / "store"))
+    try:
+        info, host = await _save_host(store, top, None, memory=64 * 1024)
+        assert await _export(store, info.id) == walk(top)
+        assert host.reuse == CaptureReuse(None, 0, 0, 4, 700 + 100 * 1024 + 3 * 1024 * 1024 + 5)
+    finally:
+        await store.close()
+
+
+async def test_only_files_with_the_parents_inode_size_mtime_and_ctime_are_reused(
+    tmp_path: Path,
+) -> None:
+    top = tmp_path / "d"
+    top.mkdir()
+    for name in ("same", "edited", "ctime", "replaced"):
+        (top / name).write_bytes(name.encode() * 1000)
+    store = ChunkedStore(LocalObjectStore(tmp_path / "store"))
+    try:
+        first, _ = await _save_host(store, top, None, memory=2**20)
+        (top / "edited").write_bytes(b"edited" * 1000 + b"!")
+        before = (top / "ctime").stat()
+        (top / "ctime").write_bytes(b"C" * before.st_size)
+        os.utime(top / "ctime", ns=(before.st_atime_ns, before.st_mtime_ns))
+        old = (top / "replaced").stat()
+        (top / "new").write_bytes(b"R" * old.st_size)
+        os.utime(top / "new", ns=(old.st_atime_ns, old.st_mtime_ns))
+        os.rename(top / "new", top / "replaced")
+        parent = await find_parent(store, "auto", container="box", path="/d")
+        assert parent is not None
+        assert parent.id == first.id
+        second, host = await _save_host(store, top, parent, memory=2**20)
+        assert host.reuse.reused_files == 1  # same
+        assert host.reuse.read_files == 3
+        full, _ = await _save_host(store, top, None, memory=2**20)
+        assert await _export(store, second.id) == await _export(store, full.id) == walk(top)
+        assert second.snapshot.digest == full.snapshot.digest
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize(
+    ("records", "expect"),
+    [
+        (
+            {b"DOCKSNAP.ino": b"42", b"ctime": b"1700000000.5"},
+            (42, 3 * 10**9, 1_700_000_000_500_000_000),
+        ),
+        (
+            {b"DOCKSNAP.ino": b"7", b"ctime": b"-1.25", b"mtime": b"-2.5"},
+            (7, -2_500_000_000, -1_250_000_000),
+        ),
+        ({b"DOCKSNAP.ino": b"7"}, None),
+        ({b"ctime": b"5"}, None),
+        ({b"DOCKSNAP.ino": b"x7", b"ctime": b"5"}, None),
+    ],
+)
+def test_host_stat_reads_back_the_records(
+    records: dict[bytes, bytes], expect: tuple[int, int, int] | None
+) -> None:
+    header = GoHeader(b"./f", "file", 0o100644, 0, 0, 3, 3)
+    raw = encode(header)
+    if records:
+        data = b"".join(pax_record(k, v) for k, v in sorted(records.items()))
+        pax = tarfile.TarInfo("./PaxHeaders.0/f")
+        pax.type = tarfile.XHDTYPE
+        pax.size = len(data)
+        raw = pax.tobuf(format=tarfile.USTAR_FORMAT) + data + bytes(-len(data) % 512) + raw
+    assert host_stat(raw) == expect
+    assert host_stat(encode(header)) is None  # a plain ustar header: the engine's

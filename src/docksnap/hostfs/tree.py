@@ -16,10 +16,14 @@ then its entries sorted by name bytes, depth first) with its headers
 /archive`` of ``DIR/.`` gives them, plus what the engine drops: sub-second
 mtimes and the extended attributes in :data:`CARRIED_XATTRS`.
 
-:meth:`HostTree.members` yields :class:`HostMember` values (header bytes plus
-a readable descriptor) so that a writer can decide per member whether to read
-its content (an incremental capture can reuse a parent's chunks instead);
-:func:`tar_pieces` turns them into the plain byte stream.
+:meth:`HostTree.members` yields :class:`HostMember` values (header bytes, the
+entry, and for a regular file the ``O_PATH`` descriptor of its inode) so that
+a writer decides per member whether to read its content at all: an incremental
+capture reuses a parent's chunks instead, and never opens the file. A regular
+file's header carries its inode number and ctime (``DOCKSNAP.ino``, ``ctime``),
+what the next capture compares. :meth:`HostTree.open_content` and
+:meth:`HostTree.content` read one; :func:`tar_pieces` reads them all into the
+plain byte stream.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from collections.abc import Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from docksnap.report import ReportEntry
+from docksnap.tarstream import TarEntry
 from docksnap.tarstream.goheader import BLOCK, GoHeader, encode
 
 from .resolve import open_nofollow_walk, readlink_fd
@@ -48,20 +53,31 @@ _PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 
 @dataclass(slots=True)
 class HostMember:
-    """One member: its header bytes and, for a regular file, a descriptor to read.
+    """One member: its header's fields, its entry, and for a regular file its inode.
 
-    ``path`` is relative to the snapshot's directory ("." for the root);
+    ``path`` is relative to the snapshot's directory ("." for the root); ``go``
+    holds the header's fields (:attr:`header` encodes them: the walk itself
+    does not, so that a paused container waits for system calls only);
+    ``entry`` is what the header says, as :class:`~docksnap.tarstream.TarEntry`;
     ``stat`` is the ``fstat`` of the entry the header describes (inode, size,
     ``st_mtime_ns``, ``st_ctime_ns``: what an incremental capture compares).
-    ``fd`` is valid until the next member is asked for; ``size`` bytes of
-    content follow the header (0 for anything but a regular file).
+    ``source_fd`` (regular files only) is an ``O_PATH`` descriptor of the inode
+    fstat'ed, valid until the next member is asked for: nothing has opened the
+    file for reading yet. ``size`` bytes of content follow the header (0 for
+    anything but a regular file).
     """
 
     path: str
-    header: bytes
+    go: GoHeader
+    entry: TarEntry
     stat: os.stat_result
     size: int
-    fd: int | None = None
+    source_fd: int | None = None
+
+    @property
+    def header(self) -> bytes:
+        """The header blocks, as the engine would write them (plus host capture's records)."""
+        return encode(self.go)
 
 
 @dataclass(slots=True)
@@ -149,22 +165,14 @@ class HostTree:
             os.close(dir_fd)
 
     def _regular(self, path_fd: int, st: os.stat_result, name: bytes) -> Iterator[HostMember]:
-        if st.st_nlink > 1 and (st.st_dev, st.st_ino) in self._links:
-            yield self._hardlink(name, st)
-            return
-        try:
-            # Re-open the inode the O_PATH descriptor holds: a name swapped for a
-            # fifo or device since cannot be opened by accident.
-            read_fd = os.open(f"/proc/self/fd/{path_fd}", os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            self._problem(name, "unreadable", exc.strerror or str(exc))
-            return
-        try:
-            if st.st_nlink > 1:
-                self._links[(st.st_dev, st.st_ino)] = name
-            yield self._member(name, "file", st, fd=read_fd, xattr_fd=read_fd)
-        finally:
-            os.close(read_fd)
+        if st.st_nlink > 1:
+            if (st.st_dev, st.st_ino) in self._links:
+                yield self._hardlink(name, st)
+                return
+            self._links[(st.st_dev, st.st_ino)] = name
+        # Attributes through our own descriptor's magic link: it names the inode
+        # fstat'ed and nothing else (an O_PATH descriptor has no f*xattr calls).
+        yield self._member(name, "file", st, fd=path_fd, xattr_path=f"/proc/self/fd/{path_fd}")
 
     def _linked(self, name: bytes, kind: str, st: os.stat_result, link: bytes = b"") -> HostMember:
         """A header-only member, or a hard link to an earlier name of the same inode."""
@@ -188,9 +196,14 @@ class HostTree:
         link: bytes = b"",
         fd: int | None = None,
         xattr_fd: int | None = None,
+        xattr_path: str | None = None,
     ) -> HostMember:
         size = st.st_size if kind == "file" else 0
         device = kind in ("char", "block")
+        xattrs: tuple[tuple[bytes, bytes], ...] = ()
+        if xattr_fd is not None or xattr_path is not None:
+            xattrs = self._xattrs(name, xattr_path if xattr_path is not None else xattr_fd)
+        regular = kind == "file"
         header = GoHeader(
             name=name,
             type=kind,
@@ -205,12 +218,29 @@ class HostTree:
             gname=self.owners.groups.get(st.st_gid, b""),
             devmajor=os.major(st.st_rdev) if device else 0,
             devminor=os.minor(st.st_rdev) if device else 0,
-            xattrs=self._xattrs(name, xattr_fd) if xattr_fd is not None else (),
+            xattrs=xattrs,
+            inode=st.st_ino if regular else None,
+            ctime_ns=st.st_ctime_ns if regular else None,
         )
-        return HostMember(_relative(name), encode(header), st, size, fd)
+        path = _relative(name)
+        entry = TarEntry(
+            path,
+            kind,
+            st.st_mode & 0o7777,
+            st.st_uid,
+            st.st_gid,
+            header.mtime,
+            size,
+            _relative(link) if kind == "hardlink" else os.fsdecode(link),
+            -1,
+            tuple((k.decode("utf-8", "surrogateescape"), v) for k, v in xattrs if v),
+        )
+        return HostMember(path, header, entry, st, size, fd)
 
-    def _xattrs(self, name: bytes, fd: int) -> tuple[tuple[bytes, bytes], ...]:
-        """The carried attributes of an open file or directory; the others are reported."""
+    def _xattrs(self, name: bytes, fd: int | str | None) -> tuple[tuple[bytes, bytes], ...]:
+        """The carried attributes of an open directory (or of the inode a magic link
+        names); the others are reported."""
+        assert fd is not None
         try:
             names = os.listxattr(fd)
         except OSError as exc:
@@ -240,9 +270,58 @@ class HostTree:
     def note_changed(self, member: HostMember, detail: str) -> None:
         self.problems.append(ReportEntry(member.path, "changed", detail))
 
-    def remember_read(self, member: HostMember) -> None:
-        """Keep a read file's stat for :meth:`recheck` (unpaused captures only)."""
-        self._read.append((member.path.encode("utf-8", "surrogateescape"), member.stat))
+    def open_content(self, member: HostMember, *, recheck: bool) -> int | None:
+        """A descriptor to read a regular file's content (the caller closes it), or None
+        when it cannot be opened (reported as ``unreadable``).
+
+        The inode of ``source_fd`` is re-opened through our own descriptor: a name
+        swapped for a fifo or a device since it was fstat'ed cannot be opened by
+        accident. With ``recheck`` (an unpaused capture) the file is stat'ed again
+        by :meth:`recheck` once the walk is over.
+        """
+        assert member.source_fd is not None
+        try:
+            fd = os.open(f"/proc/self/fd/{member.source_fd}", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            self._problem(
+                member.path.encode("utf-8", "surrogateescape"),
+                "unreadable",
+                exc.strerror or str(exc),
+            )
+            return None
+        if recheck:
+            self._read.append((member.path.encode("utf-8", "surrogateescape"), member.stat))
+        return fd
+
+    def content(self, member: HostMember, fd: int) -> Iterator[bytes]:
+        """Exactly ``member.size`` bytes of the file open as ``fd``, in pieces of at most 1 MiB.
+
+        The header promised ``size`` bytes, so a file that shrank while read is
+        padded with zeros and one that grew is cut; both are reported.
+        """
+        left = member.size
+        failed = ""
+        while left:
+            try:
+                piece = os.read(fd, min(left, _READ_PIECE))
+            except OSError as exc:
+                failed = exc.strerror or str(exc)
+                piece = b""
+            if not piece:
+                break
+            left -= len(piece)
+            yield piece
+        if not left:
+            return
+        # The header promised member.size bytes: keep the stream well-formed.
+        while left:
+            step = min(left, _READ_PIECE)
+            yield bytes(step)
+            left -= step
+        if failed:
+            self.problems.append(ReportEntry(member.path, "unreadable", f"read failed: {failed}"))
+        else:
+            self.note_changed(member, f"shrank below {member.size} bytes while read")
 
     def recheck(self) -> None:
         """Stat every remembered file again, through descriptors from the directory."""
@@ -272,51 +351,31 @@ class HostTree:
 
 
 def tar_pieces(tree: HostTree, *, recheck: bool) -> Generator[bytes, None, None]:
-    """The archive as pieces of at most 1 MiB: headers, content, padding, end marker.
+    """The whole archive as pieces of at most 1 MiB: headers, content, padding, end marker.
 
-    A file that shrank while read is padded with zeros and one that grew is cut
-    at its header's size (the header is already out); both are reported. With
-    ``recheck`` (an unpaused container) every regular file is stat'ed again
-    once the walk is over, as the archive path does after the engine's stream,
-    and a change of size, mtime or ctime (nanoseconds) is reported.
+    Every regular file is read (no parent), and an unreadable one is left out
+    and reported. With ``recheck`` (an unpaused container) every file read is
+    stat'ed again once the walk is over, as the archive path does after the
+    engine's stream, and a change of size, mtime or ctime (nanoseconds) is
+    reported.
     """
     for member in tree.members():
+        fd = None
+        if member.source_fd is not None:
+            fd = tree.open_content(member, recheck=recheck)
+            if fd is None:
+                continue
         yield member.header
-        if recheck and member.fd is not None:
-            tree.remember_read(member)
-        if member.fd is None or not member.size:
+        if fd is None:
             continue
-        yield from _content(tree, member)
+        try:
+            yield from tree.content(member, fd)
+        finally:
+            os.close(fd)
+        yield bytes(-member.size % BLOCK)
     if recheck:
         tree.recheck()
     yield _END_OF_ARCHIVE
-
-
-def _content(tree: HostTree, member: HostMember) -> Iterator[bytes]:
-    assert member.fd is not None
-    left = member.size
-    failed = ""
-    while left:
-        try:
-            piece = os.read(member.fd, min(left, _READ_PIECE))
-        except OSError as exc:
-            failed = exc.strerror or str(exc)
-            piece = b""
-        if not piece:
-            break
-        left -= len(piece)
-        yield piece
-    if left:
-        # The header promised member.size bytes: keep the stream well-formed.
-        while left:
-            step = min(left, _READ_PIECE)
-            yield bytes(step)
-            left -= step
-        if failed:
-            tree.problems.append(ReportEntry(member.path, "unreadable", f"read failed: {failed}"))
-        else:
-            tree.note_changed(member, f"shrank below {member.size} bytes while read")
-    yield bytes(-member.size % BLOCK)
 
 
 def parse_owners(passwd: bytes, group: bytes) -> Owners:

@@ -36,14 +36,28 @@ import io
 import os
 import re
 import tarfile
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 
 from docksnap.docker import DockerClient
-from docksnap.errors import CaptureIncompleteError, DockerError, InvalidArgumentError
+from docksnap.errors import (
+    CaptureIncompleteError,
+    DockerError,
+    InvalidArgumentError,
+    SnapshotTooLargeError,
+)
 from docksnap.report import CaptureReport, ReportEntry, build_report
 from docksnap.service.excludes import IGNORE_FILE, Excludes, MemberExcluder
-from docksnap.service.tarfilter import DROP, KEEP, Decision, TarFilter, root_with_records
+from docksnap.service.tarfilter import (
+    DROP,
+    KEEP,
+    Decision,
+    Drop,
+    Selection,
+    TarFilter,
+    root_with_records,
+)
 from docksnap.tarstream import TarEntry
 
 # Go's os.FileMode bits, as the engine's stat header carries them.
@@ -91,14 +105,33 @@ class Capture:
         self._strict = strict
         self._select = select
         self._walked = walked
-        self._filter = TarFilter(self._decide)
+        self._selection = Selection(self._decide)
+        self._filter = TarFilter(selection=self._selection)
         self.report: CaptureReport | None = None
         self._changed: list[str] | None = None
 
     @property
     def kept(self) -> list[TarEntry]:
         """Members that went into the snapshot (valid once the stream ended)."""
-        return self._filter.entries
+        return self._selection.entries
+
+    def keep(self, entry: TarEntry, header: bytes) -> bool:
+        """Whether a member given one by one (host capture) goes into the snapshot:
+        the same decision :meth:`stream` makes of a member of a tar stream."""
+        return not isinstance(self._selection.choose(entry, header), Drop)
+
+    def withdraw(self, entry: TarEntry) -> None:
+        """Take back the member :meth:`keep` just kept: it could not be read."""
+        self._selection.withdraw(entry)
+
+    async def trailer(self) -> bytes:
+        """Once every member was given to :meth:`keep`: the report's member (the root
+        again, carrying the report; b"" when there is nothing to say).
+
+        Raises :class:`CaptureIncompleteError` in strict mode when something
+        could not be captured faithfully.
+        """
+        return await self._finish()
 
     def stream(
         self,
@@ -126,7 +159,7 @@ class Capture:
         """Build the report; raise in strict mode; return its pax header (or nothing)."""
         problems: list[ReportEntry] = [
             ReportEntry(entry.path, "hardlink", reason)
-            for entry, reason in self._filter.dropped
+            for entry, reason in self._selection.dropped
             if reason is not None
         ]
         if self._walked is not None:
@@ -144,12 +177,12 @@ class Capture:
         self.report = build_report(problems, excluded=excluded, checked=tuple(checked))
         if self._strict and not self.report.ok:
             raise CaptureIncompleteError(self._path, self.report)
-        root = self._filter.root
+        root = self._selection.root
         if (self.report.ok and not excluded) or root is None:
             return b""
         # The repeated root entry is applied after the first: it must carry the
         # first one's sub-second mtime too (host capture), or a restore loses it.
-        kept = {k: v for k, v in self._filter.root_pax.items() if k == "mtime"}
+        kept = {k: v for k, v in self._selection.root_pax.items() if k == "mtime"}
         return root_with_records(root, {**kept, **self.report.to_pax()})
 
     # -- what the archive did not carry --------------------------------------------
@@ -184,8 +217,8 @@ class Capture:
         return found
 
     async def _missing_from_archive(self) -> list[ReportEntry]:
-        seen = {entry.path for entry in self._filter.entries}
-        seen.update(entry.path for entry, _ in self._filter.dropped)
+        seen = {entry.path for entry in self._selection.entries}
+        seen.update(entry.path for entry, _ in self._selection.dropped)
         missing = [
             rel
             for rel in await self._changed_paths()
@@ -219,7 +252,7 @@ class Capture:
         upper = await self._upper_dir()
         if upper is None:
             return False
-        kept = {entry.path for entry in self._filter.entries}
+        kept = {entry.path for entry in self._selection.entries}
         paths = [rel for rel in await self._changed_paths() if rel in kept]
         root = self._path
 
@@ -269,7 +302,7 @@ class Capture:
 
     async def _changed_while_read(self) -> list[ReportEntry]:
         """Stat each regular file again and compare with its header."""
-        files = [entry for entry in self._filter.entries if entry.type == "file"]
+        files = [entry for entry in self._selection.entries if entry.type == "file"]
         limit = asyncio.Semaphore(_RECHECK_CONCURRENCY)
 
         async def check(entry: TarEntry) -> ReportEntry | None:
@@ -289,6 +322,39 @@ class Capture:
 
         results = await asyncio.gather(*(check(entry) for entry in files))
         return [result for result in results if result is not None]
+
+
+class SizeLimit:
+    """A snapshot's size limit: the bytes of its tar stream, counted as they are handed on.
+
+    The one place the limit is checked, for a tar byte stream (:meth:`stream`)
+    and for members given one by one (:meth:`take`, host capture): both fail
+    with :class:`SnapshotTooLargeError` before the byte past the limit is
+    handed to a store.
+    """
+
+    def __init__(self, limit: int, path: str) -> None:
+        self.limit = limit
+        self.path = path
+        self.total = 0
+        # Host capture counts content in its walk's thread and headers where they
+        # are encoded, beside the event loop.
+        self._lock = threading.Lock()
+
+    def take(self, size: int) -> None:
+        """Count ``size`` more bytes of the stream; raise if they go past the limit.
+        Thread-safe."""
+        with self._lock:
+            self.total += size
+            over = self.total > self.limit
+        if over:
+            raise SnapshotTooLargeError(self.path, self.limit)
+
+    async def stream(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """``chunks`` passed through, each counted before it is handed on."""
+        async for piece in chunks:
+            self.take(len(piece))
+            yield piece
 
 
 def _stat_seconds(text: str) -> int | None:

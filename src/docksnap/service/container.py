@@ -19,6 +19,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from docksnap import labels as lbl
@@ -33,12 +34,11 @@ from docksnap.errors import (
     DirectoryNotFoundError,
     DockerError,
     InvalidArgumentError,
-    SnapshotTooLargeError,
     StoreError,
 )
-from docksnap.hostfs.tree import HostTree
 from docksnap.model import (
     DirectorySnapshot,
+    SnapshotInfo,
     SnapshotRestore,
     SnapshotSource,
     new_snapshot_id,
@@ -47,11 +47,21 @@ from docksnap.model import (
 from docksnap.service import container_snapshot as cs
 from docksnap.service import excludes as excludes_mod
 from docksnap.service import options, runopts
-from docksnap.service.capture import Capture, read_ignore_file
-from docksnap.service.hostcapture import CaptureMode, capture_mode, host_chunks, open_host_tree
+from docksnap.service.capture import Capture, SizeLimit, read_ignore_file
+from docksnap.service.hostcapture import (
+    AUTO,
+    CaptureMode,
+    HostCapture,
+    ParentChoice,
+    capture_mode,
+    find_parent,
+    open_host_tree,
+    parent_choice,
+    save_host_members,
+)
 from docksnap.service.orphans import remove_helpers_of
 from docksnap.service.pause import PauseHold, no_pause, paused
-from docksnap.service.progress import Operation, ProgressHook, track
+from docksnap.service.progress import Operation, ProgressHook, Tracker, track
 from docksnap.service.restore_cache import RestoreCache
 from docksnap.service.restore_plan import ImageLinkGuard, check_restored_symlinks
 from docksnap.service.spool import DEFAULT_SPOOL_LIMIT, read_ahead, spool_directory
@@ -322,6 +332,7 @@ class Container:
         strict: bool = False,
         spool_limit: int = DEFAULT_SPOOL_LIMIT,
         capture: CaptureMode = "auto",
+        parent: ParentChoice | DirectorySnapshot = AUTO,
     ) -> DirectorySnapshot:
         """Snapshot ``dir`` of the container into the client's store.
 
@@ -357,8 +368,21 @@ class Container:
         result's ``capture`` says which one was used. Both give the same
         members in the same order with the same headers, except for what the
         archive API drops (docs/METADATA.md).
+
+        ``parent`` makes a host capture incremental: a regular file whose inode,
+        size, mtime and ctime (nanoseconds) equal those of the parent's file at
+        the same path is stored as the parent's chunks without being read, as
+        restic does; the container is paused only for the walk and the reading
+        of the other files. ``"auto"`` (default) takes the newest snapshot in the
+        store of this container's ``dir``; an id or a record names one; None
+        reads every file. A parent of another directory, or with no host-captured
+        file in it, is not used (logged); a given id that does not exist raises
+        :class:`~docksnap.errors.SnapshotNotFoundError`. The result's ``reuse``
+        (:class:`~docksnap.model.CaptureReuse`) counts the files and bytes
+        reused and read; it is None for an archive capture, which reads all.
         """
         mode = capture_mode(capture)
+        wanted_parent = parent_choice(parent)
         patterns = excludes_mod.combine(exclude)
         path = normalize_path(dir, what="snapshot directory")
         name = options.snapshot_name(name)
@@ -369,46 +393,57 @@ class Container:
             state = await self._require_exists()
             if not self.running:
                 log.info("container %r is %s: not paused", self.name, describe_stopped(state))
+            # Read before the pause: the parent's headers come from the store. Only
+            # where host capture may run; a parent given by id must exist anyway.
+            parent_files = None
+            may_host = mode != "archive" and bool(self._docker.address.uds) and self.running
+            if may_host:
+                parent_files = await find_parent(
+                    self._store, wanted_parent, container=self.name, path=path
+                )
+            elif wanted_parent not in (None, AUTO):
+                await self._store.get(wanted_parent)
             record = DirectorySnapshot(id=new_snapshot_id(), size=0, dir=path, name=name)
             source = SnapshotSource(self.name, str(state.get("Image", "")))
-            archive_path = "/." if path == "/" else path + "/."
             pause = pause and self.running
             # Nothing can change under the reader of a paused or stopped container.
             still = pause or not self.running or bool(state.get("Paused"))
+            budget = SizeLimit(limit, path)
+            host: HostCapture | None = None
             async with self._paused(str(state["Id"]), pause) as hold:
                 try:
                     if ignore_file:
                         patterns += await read_ignore_file(self._docker, self.name, path)
+                    # Compiled (and refused if bad) before the tree holds descriptors.
+                    excludes = excludes_mod.Excludes(patterns) if patterns else None
                     tree = await open_host_tree(self._docker, self.name, state, path, mode)
                     capturing = Capture(
                         self._docker,
                         self.name,
                         path,
-                        excludes=excludes_mod.Excludes(patterns) if patterns else None,
+                        excludes=excludes,
                         paused=still,
                         strict=strict,
                         walked=tree.problems if tree is not None else None,
                     )
+                    spooling = _Spooling(hold, spool_directory(self._store.url), spool_limit, pause)
                     with track(self._context.progress, Operation.SNAPSHOT, record.id) as progress:
-                        async with (
-                            self._source(tree, archive_path, recheck=not still) as chunks,
-                            read_ahead(
-                                # Filtered before the limit: excluded bytes do not count.
-                                _limited(
-                                    capturing.stream(
-                                        progress.stream(chunks),
-                                        on_source_end=hold.release,
-                                    ),
-                                    limit,
-                                    path,
-                                ),
-                                on_end=hold.release,
-                                directory=spool_directory(self._store.url),
-                                limit=spool_limit,
-                                hold=pause,
-                            ) as stream,
-                        ):
-                            info = await self._store.save(record, stream, source=source, ttl=ttl)
+                        if tree is None:
+                            if parent_files is not None:
+                                log.info("parent %s not used: archive capture", parent_files.id)
+                            info = await self._save_archive(
+                                record, source, ttl, capturing, budget, progress, spooling
+                            )
+                        else:
+                            host = HostCapture(
+                                tree,
+                                capturing,
+                                budget,
+                                parent_files,
+                                recheck=not still,
+                                advance=progress.advance,
+                            )
+                            info = await self._save_host(record, source, ttl, host, spooling)
                 except DockerError as exc:
                     if exc.status == 404 and exc.operation == "read archive":
                         raise DirectoryNotFoundError(self.name, path) from exc
@@ -418,8 +453,54 @@ class Container:
             info=info,
             report=capturing.report,
             paused_s=round(hold.paused_s, 3),
-            capture="archive" if tree is None else "host",
+            capture="archive" if host is None else "host",
+            reuse=host.reuse if host is not None else None,
         )
+
+    async def _save_archive(
+        self,
+        record: DirectorySnapshot,
+        source: SnapshotSource,
+        ttl: float | None,
+        capturing: Capture,
+        budget: SizeLimit,
+        progress: Tracker,
+        spooling: _Spooling,
+    ) -> SnapshotInfo:
+        """The engine's archive, filtered, limited and read ahead, into ``save``."""
+        archive_path = "/." if record.dir == "/" else record.dir + "/."
+        async with (
+            self._docker.get_archive(self.name, archive_path) as archive,
+            spooling.read_ahead(
+                # Filtered before the limit: excluded bytes do not count.
+                budget.stream(
+                    capturing.stream(
+                        progress.stream(archive.chunks), on_source_end=spooling.hold.release
+                    )
+                )
+            ) as stream,
+        ):
+            return await self._store.save(record, stream, source=source, ttl=ttl)
+
+    async def _save_host(
+        self,
+        record: DirectorySnapshot,
+        source: SnapshotSource,
+        ttl: float | None,
+        host: HostCapture,
+        spooling: _Spooling,
+    ) -> SnapshotInfo:
+        """The host walk's members (unchanged files as the parent's chunks), read
+        ahead while paused, into the store member by member."""
+        frames = host.frames()
+        try:
+            async with spooling.read_ahead(frames) as stream:
+                return await save_host_members(
+                    self._store, record, host.members(stream), source=source, ttl=ttl
+                )
+        finally:
+            await frames.aclose()
+            host.close()  # an unstarted generator's aclose runs no finally
 
     async def snapshot_container(
         self,
@@ -447,7 +528,7 @@ class Container:
                     name=name,
                     paused=pause or bool(state.get("Paused")),
                     strict=strict,
-                    limit_stream=lambda stream: _limited(stream, limit, "/"),
+                    limit_stream=SizeLimit(limit, "/").stream,
                     unpause=hold.release,
                     ttl=ttl,
                 )
@@ -547,22 +628,6 @@ class Container:
         if exc.status == 404:
             return ContainerNotFoundError(self.name, f"no such container {self.name!r}")
         return exc
-
-    @contextlib.asynccontextmanager
-    async def _source(
-        self, tree: HostTree | None, archive_path: str, *, recheck: bool
-    ) -> AsyncIterator[AsyncIterator[bytes]]:
-        """The directory's tar stream: generated from the host tree, or the engine's archive."""
-        if tree is not None:
-            chunks = host_chunks(tree, recheck=recheck)
-            try:
-                yield chunks
-            finally:
-                await chunks.aclose()
-                tree.close()  # an unstarted generator's aclose runs no finally
-            return
-        async with self._docker.get_archive(self.name, archive_path) as archive:
-            yield archive.chunks
 
     @contextlib.asynccontextmanager
     async def _paused(self, container_id: str, pause: bool) -> AsyncIterator[PauseHold]:
@@ -830,18 +895,26 @@ def _env_list(env: Mapping[str, str]) -> list[str]:
     return pairs
 
 
-async def _limited(chunks: AsyncIterator[bytes], limit: int, path: str) -> AsyncIterator[bytes]:
-    """Pass the archive through, failing as soon as it exceeds ``limit`` bytes.
+@dataclass(frozen=True, slots=True)
+class _Spooling:
+    """How one snapshot reads ahead of its store: unpause (``hold``) at the source's
+    end, spool the rest under ``directory`` up to ``limit`` bytes."""
 
-    Checked before a piece is handed on, so a store never receives a byte past
-    the limit.
-    """
-    total = 0
-    async for piece in chunks:
-        total += len(piece)
-        if total > limit:
-            raise SnapshotTooLargeError(path, limit)
-        yield piece
+    hold: PauseHold
+    directory: Path
+    limit: int
+    paused: bool
+
+    def read_ahead(
+        self, source: AsyncIterator[bytes]
+    ) -> contextlib.AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        return read_ahead(
+            source,
+            on_end=self.hold.release,
+            directory=self.directory,
+            limit=self.limit,
+            hold=self.paused,
+        )
 
 
 async def _once(data: bytes) -> AsyncIterator[bytes]:

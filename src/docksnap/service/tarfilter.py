@@ -53,34 +53,99 @@ KEEP = Keep()
 DROP = Drop()
 
 
-class TarFilter:
-    """Pass a tar stream through, deciding the fate of each member as its header arrives.
+class Selection:
+    """Which members of one stream are kept, decided in stream order; single use.
 
     ``decide(entry)`` returns :data:`KEEP`, a :class:`Drop` or a :class:`Rename`.
     A hardlink whose target was dropped is dropped too (it could not be
-    extracted), with the reason recorded in :attr:`dropped`.
+    extracted), with the reason recorded in :attr:`dropped`. Shared by
+    :class:`TarFilter` (a tar byte stream) and host capture (members walked
+    one by one), so both leave out exactly the same members.
 
-    After the stream: :attr:`entries` are the members kept, in output order (with
-    their source offsets); :attr:`dropped` pairs each dropped entry with its
-    reason; :attr:`digests` maps the members that carry data (regular files and
-    type "other") to the BLAKE3 hex of their data when ``hash_data`` is set;
-    :attr:`root` is the first entry for the root directory ``.`` and
-    :attr:`root_pax` the pax records of the last one that had any (where docksnap
-    keeps a capture report, see :func:`root_with_records`).
+    :attr:`entries` are the members kept, in output order; :attr:`dropped` pairs
+    each dropped entry with its reason; :attr:`root` is the first entry for the
+    root directory ``.`` and :attr:`root_pax` the pax records of the last one
+    that had any (where docksnap keeps a capture report, see :func:`root_with_records`).
     """
 
-    def __init__(self, decide: Callable[[TarEntry], Decision], *, hash_data: bool = False) -> None:
+    def __init__(self, decide: Callable[[TarEntry], Decision]) -> None:
         self._decide = decide
-        self._hash_data = hash_data
-        self._indexer = TarIndexer()
         self.entries: list[TarEntry] = []
         self.dropped: list[tuple[TarEntry, str | None]] = []
-        self.digests: dict[str, str] = {}
         self.root: TarEntry | None = None
         self.root_pax: dict[str, str] = {}
-        self.source_bytes = 0
         self._dropped_paths: set[str] = set()
+
+    def choose(self, entry: TarEntry, header: bytes) -> Decision:
+        """Decide one member given its raw header blocks, and record the decision."""
+        if entry.path == ".":
+            if self.root is None:
+                self.root = entry
+            if len(header) > BLOCK:
+                self.root_pax = _pax_records(header) or self.root_pax
+        decision = self._decide(entry)
+        if entry.type == "hardlink" and entry.link in self._dropped_paths:
+            decision = Drop(f"hard link to {entry.link!r}, which was left out")
+        if isinstance(decision, Drop):
+            self.dropped.append((entry, decision.reason))
+            self._dropped_paths.add(entry.path)
+        elif isinstance(decision, Rename):
+            self.entries.append(_rebuild(entry, decision.path))
+        else:
+            self.entries.append(entry)
+        return decision
+
+    def withdraw(self, entry: TarEntry) -> None:
+        """Take back the last member kept, which turned out not capturable (its
+        reason is reported elsewhere): hard links to it are dropped from now on."""
+        if self.entries and self.entries[-1] is entry:
+            self.entries.pop()
+        self._dropped_paths.add(entry.path)
+
+
+class TarFilter:
+    """Pass a tar stream through, deciding the fate of each member as its header arrives.
+
+    The decisions are a :class:`Selection`'s (given, or made of ``decide``).
+
+    After the stream: :attr:`entries`, :attr:`dropped`, :attr:`root` and
+    :attr:`root_pax` are the selection's (with the kept entries' source offsets);
+    :attr:`digests` maps the members that carry data (regular files and type
+    "other") to the BLAKE3 hex of their data when ``hash_data`` is set.
+    """
+
+    def __init__(
+        self,
+        decide: Callable[[TarEntry], Decision] | None = None,
+        *,
+        hash_data: bool = False,
+        selection: Selection | None = None,
+    ) -> None:
+        if selection is None:
+            assert decide is not None
+            selection = Selection(decide)
+        self.selection = selection
+        self._hash_data = hash_data
+        self._indexer = TarIndexer()
+        self.digests: dict[str, str] = {}
+        self.source_bytes = 0
         self._pad_of_current = 0
+
+    @property
+    def entries(self) -> list[TarEntry]:
+        return self.selection.entries
+
+    @property
+    def dropped(self) -> list[tuple[TarEntry, str | None]]:
+        return self.selection.dropped
+
+    @property
+    def root(self) -> TarEntry | None:
+        return self.selection.root
+
+    @property
+    def root_pax(self) -> dict[str, str]:
+        return self.selection.root_pax
 
     async def run(
         self,
@@ -163,23 +228,11 @@ class TarFilter:
 
     def _on_member(self, entry: TarEntry, header: bytes) -> tuple[bytes, bool]:
         """Decide one member; return the header bytes to emit and whether its data goes too."""
-        if entry.path == ".":
-            if self.root is None:
-                self.root = entry
-            if len(header) > BLOCK:
-                self.root_pax = _pax_records(header) or self.root_pax
-        decision = self._decide(entry)
-        if entry.type == "hardlink" and entry.link in self._dropped_paths:
-            decision = Drop(f"hard link to {entry.link!r}, which was left out")
+        decision = self.selection.choose(entry, header)
         if isinstance(decision, Drop):
-            self.dropped.append((entry, decision.reason))
-            self._dropped_paths.add(entry.path)
             return b"", False
         if isinstance(decision, Rename):
-            renamed = _rebuild(entry, decision.path)
-            self.entries.append(renamed)
-            return rewritten_header(renamed, header), True
-        self.entries.append(entry)
+            return rewritten_header(self.selection.entries[-1], header), True
         return header, True
 
 

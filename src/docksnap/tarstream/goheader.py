@@ -10,10 +10,14 @@ header otherwise. The rules below are Go 1.19's ``Header.allowedFormats``,
 ``Writer.writeUSTARHeader``/``writePAXHeader`` and ``formatter``; a test
 compares the output with the real engine's archive of the same tree.
 
-Two things the engine's headers never carry can be given here: sub-second
+Three things the engine's headers never carry can be given here: sub-second
 mtimes (the engine truncates to seconds; any ``mtime_ns`` makes Go prefer PAX
-and write a ``mtime`` record) and extended attributes beyond
-``security.capability`` (``SCHILY.xattr.<name>`` records).
+and write a ``mtime`` record), extended attributes beyond
+``security.capability`` (``SCHILY.xattr.<name>`` records), and a regular
+file's inode number and ctime (``DOCKSNAP.ino`` and the standard ``ctime``
+record), which an incremental host capture compares with its parent's. Every
+tar reader ignores what it does not apply: the engine's ``PUT /archive`` sets
+neither an inode nor a ctime (docs/METADATA.md).
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ class GoHeader:
 
     ``name`` is the full member name (``./a/b``, directories end in ``/``);
     ``mode`` is ``st_mode`` whole (moby adds the file type bits back);
-    ``mtime_ns`` is the sub-second part, 0 for what the engine would write.
+    ``mtime_ns`` is the sub-second part, 0 for what the engine would write;
+    ``inode`` and ``ctime_ns`` (None: left out) are host capture's own records.
     """
 
     name: bytes
@@ -53,6 +58,14 @@ class GoHeader:
     devmajor: int = 0
     devminor: int = 0
     xattrs: tuple[tuple[bytes, bytes], ...] = ()
+    inode: int | None = None
+    ctime_ns: int | None = None
+
+
+#: The PAX key of a regular file's inode number (docksnap's own; see ``GoHeader``).
+INODE_KEY = b"DOCKSNAP.ino"
+#: The standard PAX key of a file's status change time, written as ``mtime`` is.
+CTIME_KEY = b"ctime"
 
 
 def encode(header: GoHeader) -> bytes:
@@ -101,6 +114,13 @@ def encode(header: GoHeader) -> bytes:
         records[b"mtime"] = _pax_time(header.mtime, header.mtime_ns)
     for key, value in header.xattrs:
         records[_XATTR + key] = value
+        ustar_ok = False
+    if header.inode is not None:
+        records[INODE_KEY] = b"%d" % header.inode
+        ustar_ok = False
+    if header.ctime_ns is not None:
+        seconds, nanoseconds = divmod(header.ctime_ns, 10**9)
+        records[CTIME_KEY] = _pax_time(seconds, nanoseconds)
         ustar_ok = False
     if ustar_ok and not prefer_pax:
         return _ustar(header)
@@ -224,4 +244,49 @@ def _ascii(value: bytes) -> bool:
 
 def _to_ascii(value: bytes) -> bytes:
     """Go's ``toASCII``: bytes past 0x7f and NULs dropped (the PAX record has them all)."""
+    if value.isascii() and b"\0" not in value:
+        return value  # the common case, without a loop over the bytes
     return bytes(b for b in value if 0 < b < 0x80)
+
+
+def host_stat(header: bytes) -> tuple[int, int, int] | None:
+    """``(inode, mtime_ns, ctime_ns)`` of a member whose headers carry host capture's
+    records, else None (a header of the engine's archive, or of an import).
+
+    ``header`` is one member's header blocks as stored (PAX ``x`` header first).
+    Records that do not parse count as absent: the caller then reads the file.
+    """
+    if len(header) < 2 * BLOCK or header[156:157] != b"x":
+        return None
+    try:
+        size = int(header[124:136].rstrip(b"\0 ") or b"0", 8)
+        records = _records(header[BLOCK : BLOCK + size])
+        inode, ctime = records.get(INODE_KEY), records.get(CTIME_KEY)
+        if inode is None or ctime is None:
+            return None
+        main = header[-BLOCK:]
+        mtime = records.get(b"mtime")
+        mtime_ns = _ns(mtime) if mtime is not None else int(main[136:148].rstrip(b"\0 "), 8) * 10**9
+        return int(inode), mtime_ns, _ns(ctime)
+    except ValueError:
+        return None
+
+
+def _records(data: bytes) -> dict[bytes, bytes]:
+    """PAX records ``"<len> <key>=<value>\\n"`` (the last of a key wins, as Go reads)."""
+    found: dict[bytes, bytes] = {}
+    pos = 0
+    while pos < len(data) and data[pos]:
+        space = data.index(b" ", pos)
+        end = pos + int(data[pos:space])
+        key, _, value = data[space + 1 : end - 1].partition(b"=")
+        found[key] = value
+        pos = end
+    return found
+
+
+def _ns(text: bytes) -> int:
+    """Nanoseconds of a PAX time (``secs[.frac]``, maybe negative, as ``_pax_time`` writes)."""
+    sign = -1 if text.startswith(b"-") else 1
+    whole, _, fraction = text.lstrip(b"-").partition(b".")
+    return sign * (int(whole) * 10**9 + int((fraction + b"000000000")[:9]))

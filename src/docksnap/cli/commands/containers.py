@@ -28,6 +28,7 @@ from docksnap.service.client import Client
 from docksnap.service.excludes import combine
 from docksnap.service.hostcapture import CAPTURE_MODES, CaptureMode
 from docksnap.service.progress import Operation
+from docksnap.service.spool import DEFAULT_SPOOL_LIMIT
 
 
 async def _expect_size(client: Client, meter: Meter, container: str, directory: str) -> None:
@@ -395,6 +396,15 @@ def restore(app: App, snapshot_refs: tuple[str, ...], container: str, force: boo
     " nanosecond mtimes, user.* xattrs and ACLs), archive (the engine's archive API),"
     " auto (host when possible, else archive).",
 )
+@click.option(
+    "--parent",
+    default="auto",
+    show_default=True,
+    metavar="REF|auto|none",
+    help="Host capture: reuse, unread, the files this snapshot (an id, a prefix or"
+    " name:NAME) holds unchanged (same inode, size, mtime and ctime); auto: the newest"
+    " snapshot of this container's DIR; none: read every file.",
+)
 @output_options
 @pass_app
 def snapshot(
@@ -411,6 +421,7 @@ def snapshot(
     strict: bool,
     spool_limit: int | None,
     capture: CaptureMode,
+    parent: str,
 ) -> None:
     """Snapshot a directory of a container into the store.
 
@@ -428,8 +439,12 @@ def snapshot(
         box = client.container(container)
         state = await box.describe()
         await _expect_size(client, meter, container, directory)
+        chosen: str | None = parent
+        if parent == "none":
+            chosen = None
+        elif parent != "auto":
+            chosen = await refs.snapshot_id(client, parent)
         started = time.monotonic()
-        spool = {} if spool_limit is None else {"spool_limit": spool_limit}
         snap = await box.snapshot_directory(
             directory,
             name=name,
@@ -440,7 +455,8 @@ def snapshot(
             ignore_file=ignore_file,
             strict=strict,
             capture=capture,
-            **spool,
+            spool_limit=DEFAULT_SPOOL_LIMIT if spool_limit is None else spool_limit,
+            parent=chosen,
         )
         elapsed = time.monotonic() - started
         result = await saved_result(
@@ -483,6 +499,13 @@ async def saved_result(
     if snap.capture is not None:
         speed += f", read through the {_CAPTURE_WORDS[snap.capture]}"
         document = {**document, "capture": snap.capture}
+    if snap.reuse is not None:
+        document = {**document, **snap.reuse.to_dict()}
+        if snap.reuse.parent is not None:
+            speed += (
+                f"; {snap.reuse.reused_files} files ({render.size(snap.reuse.reused_bytes)})"
+                f" reused from {snap.reuse.parent}, {snap.reuse.read_files} read"
+            )
     lines = [*render.snapshot_table([info]), speed]
     if snap.report is not None:
         lines.append(render.report_line(snap.report))

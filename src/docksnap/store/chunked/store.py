@@ -185,6 +185,11 @@ class ChunkedStore:
     def objects(self) -> ObjectStore:
         return self._objects
 
+    @property
+    def per_file(self) -> bool:
+        """Whether saves cut per file, so that :meth:`save_members` works."""
+        return self._per_file
+
     # --- SnapshotStore ---------------------------------------------------------------
 
     async def save(
