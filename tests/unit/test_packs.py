@@ -28,6 +28,7 @@ from docksnap.store.chunked.packs import (
     ENTRY_SIZE,
     ChunkIndex,
     Location,
+    PackBuffers,
     PackBuilder,
     PackTable,
     read_pack_table,
@@ -68,6 +69,38 @@ def test_a_pack_describes_itself_and_its_index_matches() -> None:
         n = length - 1
         assert sealed.data[offset : offset + stored] == b"\x00" + bytes([n]) * length
         assert digest == digests[n]
+
+
+def test_packs_stay_within_the_target_and_reuse_their_buffers() -> None:
+    """A pack is sealed when the next chunk would not fit: never larger than the
+    target, and its buffer, once released, holds the next pack (no fresh pages)."""
+    buffers = PackBuffers(4096, keep=1)
+    builder = PackBuilder(4096, buffers)
+    sealed = [s for n in range(40) if (s := builder.add(os.urandom(32), bytes([n]) * 300, 300))]
+    assert sealed
+    assert all(s.table.pack_size <= 4096 for s in sealed)
+    first = sealed[0]
+    content = bytes(first.data)
+    assert read_pack_table(first.table.pack_id, content) == first.table
+    first.release()
+    first.release()  # idempotent: the buffer is pooled once
+    with pytest.raises(ValueError, match="released memoryview"):
+        first.data[0]  # a released pack cannot be read by mistake
+    assert buffers.take() is first.buffer
+    assert buffers.take() is not first.buffer
+
+
+def test_a_chunk_larger_than_the_target_gets_a_pack_of_its_own() -> None:
+    builder = PackBuilder(1024)
+    assert builder.add(os.urandom(32), b"a" * 100, 100) is None
+    small = builder.add(os.urandom(32), b"b" * 5000, 5000)
+    assert small is not None
+    assert len(small.table) == 1
+    large = builder.seal()
+    assert large is not None
+    assert large.data[:5000] == b"b" * 5000
+    assert len(large.table) == 1
+    assert large.table.pack_size > 5000
 
 
 def test_a_damaged_pack_index_is_refused() -> None:

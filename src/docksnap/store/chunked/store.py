@@ -77,6 +77,7 @@ from docksnap.store.chunked.packs import (
     PACKS,
     IndexCache,
     LayeredIndex,
+    PackBuffers,
     PackBuilder,
     PackTable,
     pack_id_of_key,
@@ -97,6 +98,7 @@ from docksnap.store.chunked.transfer import ChunkCopier, PackCopier
 from docksnap.store.chunked.verify import Verifier
 from docksnap.store.chunked.writer import (
     BATCH_SIZE,
+    PACK_LIMIT,
     SEGMENT_SIZE,
     BufferCache,
     PackTarget,
@@ -376,7 +378,8 @@ class ChunkedStore:
 
     def _pack_target(self) -> PackTarget:
         index = self._get_index_cache().refresh()
-        return PackTarget(index, pending_packs(self._objects), PackBuilder(self._pack_size))
+        builder = PackBuilder(self._pack_size, self._get_pools().packs)
+        return PackTarget(index, pending_packs(self._objects), builder)
 
     def _get_index_cache(self) -> IndexCache:
         if self._index_cache is None:
@@ -569,6 +572,8 @@ class ChunkedStore:
                 cpu=ThreadPoolExecutor(self._workers, thread_name_prefix="docksnap-cpu"),
                 io=ThreadPoolExecutor(self._io_workers, thread_name_prefix="docksnap-io"),
                 buffers=BufferCache(SEGMENT_SIZE, keep=self._workers + 4),
+                # The open pack and the sealed ones waiting for their put.
+                packs=PackBuffers(self._pack_size, keep=PACK_LIMIT + 1),
             )
         return self._pools
 
