@@ -21,11 +21,13 @@ import pytest
 
 from docksnap.errors import SnapshotCorruptError, StoreFormatError
 from docksnap.model import DirectorySnapshot, new_snapshot_id
+from docksnap.store import open_store
 from docksnap.store.chunked import ChunkedStore, ChunkerParams
 from docksnap.store.chunked.format import ChunkRef, GcLease
 from docksnap.store.chunked.leases import Lease
 from docksnap.store.chunked.packs import (
     ENTRY_SIZE,
+    LOCAL_PACK_TARGET,
     ChunkIndex,
     Location,
     PackBuffers,
@@ -469,6 +471,21 @@ async def test_a_save_killed_at_any_stage_leaves_nothing_visible_and_gc_reclaims
         assert len(files(root, "indexes")) == 1
         assert len(files(root, "packs")) == len(files(root, "packindex")) == 1
         assert await read_back(store, kept.id) == build_tar(text_files(3, 5_000))
+    finally:
+        await store.close()
+
+
+async def test_a_local_store_opened_by_url_writes_packs_of_at_most_8_mib(root: Path) -> None:
+    store = open_store(root.as_uri())
+    assert isinstance(store, ChunkedStore)
+    try:
+        info = await save(store, build_tar(random_files(5, 4 << 20, seed=8)))
+        packs = files(root, "packs")
+        assert len(packs) >= 3
+        assert all(p.stat().st_size <= LOCAL_PACK_TARGET == 8 << 20 for p in packs)
+        assert await read_back(store, info.snapshot.id) == build_tar(
+            random_files(5, 4 << 20, seed=8)
+        )
     finally:
         await store.close()
 
