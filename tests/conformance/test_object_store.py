@@ -6,6 +6,7 @@ order"): atomic put, race-free put_if_absent, exact ranges, exhaustive listing.
 
 from __future__ import annotations
 
+import mmap
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +27,17 @@ def test_put_accepts_a_memoryview(object_store: ObjectStore) -> None:
     buffer = bytearray(b"0123456789")
     object_store.put("views/slice", memoryview(buffer)[2:6])
     assert object_store.get("views/slice") == b"2345"
+
+
+def test_put_if_absent_accepts_a_read_only_view_of_a_mapping(object_store: ObjectStore) -> None:
+    """Packs are handed over as such a view of their builder's buffer (no copy)."""
+    buffer = mmap.mmap(-1, 1 << 20)
+    buffer[:10] = b"0123456789"
+    with memoryview(buffer)[2:6].toreadonly() as view:
+        assert object_store.put_if_absent("views/mapped", view) is True
+        assert object_store.put_if_absent("views/mapped", view) is False
+    assert object_store.get("views/mapped") == b"2345"
+    buffer.close()  # raises BufferError if the store kept an export of it
 
 
 def test_empty_objects_exist(object_store: ObjectStore) -> None:

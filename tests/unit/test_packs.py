@@ -22,15 +22,18 @@ import pytest
 
 from docksnap.errors import SnapshotCorruptError, StoreFormatError
 from docksnap.model import DirectorySnapshot, new_snapshot_id
+from docksnap.store import open_store
 from docksnap.store.chunked import ChunkedStore, ChunkerParams
 from docksnap.store.chunked.format import ChunkRef, GcLease
 from docksnap.store.chunked.leases import LEASES, Lease
 from docksnap.store.chunked.packs import (
     ENTRY_SIZE,
+    LOCAL_PACK_TARGET,
     PACK_INDEX,
     PENDING,
     ChunkIndex,
     Location,
+    PackBuffers,
     PackBuilder,
     PackTable,
     read_pack_table,
@@ -72,6 +75,38 @@ def test_a_pack_describes_itself_and_its_index_matches() -> None:
         n = length - 1
         assert sealed.data[offset : offset + stored] == b"\x00" + bytes([n]) * length
         assert digest == digests[n]
+
+
+def test_packs_stay_within_the_target_and_reuse_their_buffers() -> None:
+    """A pack is sealed when the next chunk would not fit: never larger than the
+    target, and its buffer, once released, holds the next pack (no fresh pages)."""
+    buffers = PackBuffers(4096, keep=1)
+    builder = PackBuilder(4096, buffers)
+    sealed = [s for n in range(40) if (s := builder.add(os.urandom(32), bytes([n]) * 300, 300))]
+    assert sealed
+    assert all(s.table.pack_size <= 4096 for s in sealed)
+    first = sealed[0]
+    content = bytes(first.data)
+    assert read_pack_table(first.table.pack_id, content) == first.table
+    first.release()
+    first.release()  # idempotent: the buffer is pooled once
+    with pytest.raises(ValueError, match="released memoryview"):
+        first.data[0]  # a released pack cannot be read by mistake
+    assert buffers.take() is first.buffer
+    assert buffers.take() is not first.buffer
+
+
+def test_a_chunk_larger_than_the_target_gets_a_pack_of_its_own() -> None:
+    builder = PackBuilder(1024)
+    assert builder.add(os.urandom(32), b"a" * 100, 100) is None
+    small = builder.add(os.urandom(32), b"b" * 5000, 5000)
+    assert small is not None
+    assert len(small.table) == 1
+    large = builder.seal()
+    assert large is not None
+    assert large.data[:5000] == b"b" * 5000
+    assert len(large.table) == 1
+    assert large.table.pack_size > 5000
 
 
 def test_a_damaged_pack_index_is_refused() -> None:
@@ -440,6 +475,21 @@ async def test_a_save_killed_at_any_stage_leaves_nothing_visible_and_gc_reclaims
         assert len(files(root, "indexes")) == 1
         assert len(files(root, "packs")) == len(files(root, "packindex")) == 1
         assert await read_back(store, kept.id) == build_tar(text_files(3, 5_000))
+    finally:
+        await store.close()
+
+
+async def test_a_local_store_opened_by_url_writes_packs_of_at_most_8_mib(root: Path) -> None:
+    store = open_store(root.as_uri())
+    assert isinstance(store, ChunkedStore)
+    try:
+        info = await save(store, build_tar(random_files(5, 4 << 20, seed=8)))
+        packs = files(root, "packs")
+        assert len(packs) >= 3
+        assert all(p.stat().st_size <= LOCAL_PACK_TARGET == 8 << 20 for p in packs)
+        assert await read_back(store, info.snapshot.id) == build_tar(
+            random_files(5, 4 << 20, seed=8)
+        )
     finally:
         await store.close()
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from docksnap.service import spool as spool_module
 from docksnap.service.spool import read_ahead, spool_directory
 
 PIECE = 64 * 1024
@@ -71,6 +73,38 @@ async def test_a_slow_consumer_gets_every_byte_in_order_after_the_source_ended(
         assert info.st_nlink == 0, "the spool file has no name, so it cannot be left behind"
     assert os.listdir(tmp_path) == []
     assert _spool_fds(tmp_path) == []
+
+
+async def test_a_held_consumer_stays_held_while_the_spool_is_slow_but_moving(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """hold=True: a spool write slower than the source makes the reader wait for
+    the spool, not release the consumer (which would compete with the read while
+    the container is paused); the consumer starts once the source has ended."""
+    real_write = spool_module._write_batch
+
+    def slow_write(fd: int, batch: list[bytes], offset: int) -> int:
+        time.sleep(0.02)
+        return real_write(fd, batch, offset)
+
+    monkeypatch.setattr(spool_module, "_write_batch", slow_write)
+    pieces = _data(64)  # 4 MiB through 256 KiB of memory
+    ended = asyncio.Event()
+    early: list[int] = []
+    seen = bytearray()
+
+    async def on_end() -> None:
+        ended.set()
+
+    async with read_ahead(
+        _source(pieces), on_end=on_end, directory=tmp_path, memory=256 * 1024, hold=True
+    ) as stream:
+        async for piece in stream:
+            if not ended.is_set():
+                early.append(len(piece))
+            seen += piece
+    assert bytes(seen) == b"".join(pieces)
+    assert early == [], "the consumer ran while the source was being read"
 
 
 async def test_with_no_room_to_spool_the_reader_waits_for_the_consumer(tmp_path: Path) -> None:

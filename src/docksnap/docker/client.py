@@ -1,8 +1,10 @@
 """A thin, typed, async client for the Docker Engine endpoints docksnap uses.
 
 All traffic goes through :meth:`DockerClient._send`, the one place where httpx
-is called and its exceptions are translated into docksnap's. Nothing above this
-package imports httpx.
+is called and its exceptions are translated into docksnap's, except the archive
+GET from a unix-socket engine, read off the socket by ``rawget.py`` (measured
+there: httpx's per-frame overhead was most of the loop's CPU while the container
+is paused). Nothing above this package imports httpx.
 
 Two rules come from measurements on real engines (the benchmark's ``raw_get`` case,
 bench/README.md, measures the first):
@@ -28,16 +30,18 @@ every field used here has been stable since API 1.25.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
-from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import httpx
 
+from docksnap.docker import rawget
 from docksnap.errors import (
     DockerError,
     DockerTimeoutError,
@@ -46,6 +50,17 @@ from docksnap.errors import (
 )
 
 MAX_JSON_RESPONSE = 16 * 1024 * 1024
+
+
+def _message(raw: bytes) -> str:
+    """The engine's error message: the JSON ``message`` field, else the body as text."""
+    try:
+        message = json.loads(raw).get("message")
+    except (ValueError, AttributeError):
+        message = None
+    return str(message) if message else raw.decode(errors="replace").strip()
+
+
 DEFAULT_UNIX_SOCKET = "/var/run/docker.sock"
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
@@ -261,12 +276,7 @@ class DockerClient:
         return DockerTimeoutError(self.address.url, operation, seconds)
 
     async def _error_message(self, response: httpx.Response) -> str:
-        raw = await self._read_capped(response)
-        try:
-            message = json.loads(raw).get("message")
-        except (ValueError, AttributeError):
-            message = None
-        return str(message) if message else raw.decode(errors="replace").strip()
+        return _message(await self._read_capped(response))
 
     @staticmethod
     async def _read_capped(response: httpx.Response) -> bytes:
@@ -444,9 +454,14 @@ class DockerClient:
     async def get_archive(self, container: str, path: str) -> AsyncIterator[ArchiveStream]:
         """Stream ``path`` out of the container as a tar. A 404 is a :class:`DockerError`.
 
-        Read-only and idempotent. The stream yields the transport's buffers as
-        they arrive; leaving the context closes the connection.
+        Read-only and idempotent. The stream yields the bytes as they arrive
+        (from a unix-socket engine, a socket read's worth at a time); leaving the
+        context closes the connection.
         """
+        if self.address.uds is not None:
+            async with self._unix_archive(self.address.uds, container, path) as chunks:
+                yield ArchiveStream(chunks=chunks)
+            return
         async with self._send(
             "GET",
             f"/containers/{container}/archive",
@@ -455,6 +470,59 @@ class DockerClient:
             deadline="stream",
         ) as response:
             yield ArchiveStream(chunks=response.aiter_raw())
+
+    @asynccontextmanager
+    async def _unix_archive(
+        self, uds: str, container: str, path: str
+    ) -> AsyncIterator[AsyncIterator[bytes]]:
+        """The archive's bytes read off the engine's unix socket (see rawget.py for why).
+
+        Only the request and the body's reads are translated into docksnap's
+        errors, not what the caller raises while it holds the stream.
+        """
+        operation = "read archive"
+        target = f"/containers/{quote(container, safe='')}/archive?{urlencode({'path': path})}"
+        async with contextlib.AsyncExitStack() as stack:
+            with self._raw_errors(operation):
+                response = await stack.enter_async_context(
+                    rawget.unix_get(
+                        uds,
+                        target,
+                        connect_timeout=self.timeouts.connect,
+                        stall_timeout=self.timeouts.stall,
+                    )
+                )
+                if response.status != 200:
+                    raw = bytearray()
+                    async for piece in response.body:
+                        raw += piece
+                        if len(raw) > MAX_JSON_RESPONSE:
+                            break
+                    raise DockerError(
+                        response.status,
+                        _message(bytes(raw[:MAX_JSON_RESPONSE])),
+                        operation=operation,
+                    )
+            yield self._raw_body(response.body, operation)
+
+    async def _raw_body(self, body: AsyncIterator[bytes], operation: str) -> AsyncIterator[bytes]:
+        with self._raw_errors(operation):
+            async for piece in body:
+                yield piece
+
+    @contextlib.contextmanager
+    def _raw_errors(self, operation: str) -> Iterator[None]:
+        """rawget's and the socket's exceptions as docksnap's, as :meth:`_send` does for httpx."""
+        try:
+            yield
+        except TimeoutError as exc:  # connecting
+            raise DockerTimeoutError(self.address.url, operation, self.timeouts.connect) from exc
+        except rawget.StallError as exc:
+            raise DockerTimeoutError(self.address.url, operation, self.timeouts.stall) from exc
+        except (OSError, rawget.ProtocolError) as exc:
+            raise DockerUnavailableError(
+                self.address.url, f"connection lost during {operation}: {exc}"
+            ) from exc
 
     async def put_archive(
         self, container: str, path: str, tar: AsyncIterable[bytes], *, size: int | None = None

@@ -55,12 +55,13 @@ def open_store(
     scheme = urlsplit(url).scheme
     if scheme == "file":
         from docksnap.store.chunked import ChunkedStore
+        from docksnap.store.chunked.packs import LOCAL_PACK_TARGET
         from docksnap.store.objects.local import LocalObjectStore
 
         path = unquote(urlsplit(url).path)
         if not path.startswith("/"):
             raise InvalidArgumentError(f"store URL must name an absolute path: {url!r}")
-        return ChunkedStore(LocalObjectStore(Path(path)))
+        return ChunkedStore(LocalObjectStore(Path(path)), pack_size=LOCAL_PACK_TARGET)
     if scheme == "s3":
         from docksnap.store.chunked import ChunkedStore
         from docksnap.store.objects.s3 import S3ObjectStore

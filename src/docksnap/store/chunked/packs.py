@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+import mmap
 import secrets
 import struct
 import sys
@@ -21,7 +22,7 @@ import threading
 from array import array
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 import blake3
@@ -40,6 +41,9 @@ ENTRY_SIZE: Final = _ENTRY.size  # 44
 _PACK_TAIL = struct.Struct("<I8s")  # entry count, magic
 _INDEX_HEAD = struct.Struct("<8sIQ")  # magic, entry count, pack size
 PACK_TARGET: Final = 16 * 1024 * 1024
+# On local disk a pack costs one fsync, not one request: halving the size cost no
+# measurable speed, and a save holds three packs in memory (docs/FORMAT.md §11.2).
+LOCAL_PACK_TARGET: Final = 8 * 1024 * 1024
 
 
 class PackFormatError(Exception):
@@ -99,65 +103,141 @@ class PackTable:
         return cls(pack_id, pack_size, entries)
 
 
+class PackBuffers:
+    """Pack-sized buffers, reused from one pack to the next. Thread-safe.
+
+    Anonymous mappings, not heap memory. A pack-sized ``malloc``/``free`` per pack
+    raises glibc's dynamic mmap threshold, after which every large buffer of the
+    process comes from per-thread arenas that keep what they free: the pack copy
+    this replaces cost ~40 MiB of peak RSS over a 1 GiB save. Reused, because
+    first-touching fresh pages runs at ~1 GB/s on the development VM (reference
+    performance.md §2.1), ~1 ns per stored byte. At most ``keep`` idle buffers
+    are kept.
+    """
+
+    def __init__(self, size: int, keep: int) -> None:
+        self.size = size
+        self._keep = keep
+        self._free: list[mmap.mmap] = []
+        self._lock = threading.Lock()
+
+    def take(self) -> mmap.mmap:
+        with self._lock:
+            if self._free:
+                return self._free.pop()
+        return mmap.mmap(-1, self.size)
+
+    def give_back(self, buffer: mmap.mmap) -> None:
+        with self._lock:
+            known = any(free is buffer for free in self._free)
+            if not known and len(self._free) < self._keep and len(buffer) == self.size:
+                self._free.append(buffer)
+
+
 @dataclass(frozen=True, slots=True)
 class SealedPack:
-    """A finished pack: its bytes (to store once) and its table (to index it)."""
+    """A finished pack: its bytes (to store once) and its table (to index it).
 
-    data: bytes
+    ``data`` is a read-only view of the builder's buffer, handed to the object
+    store as it is (no copy). Call :meth:`release` once the pack is stored, so
+    the buffer serves the next pack; ``data`` is unusable afterwards.
+    """
+
+    data: memoryview
     table: PackTable
+    buffer: mmap.mmap = field(repr=False, compare=False)
+    pool: PackBuffers | None = field(default=None, repr=False, compare=False)
 
     @property
     def key(self) -> str:
         return pack_key(self.table.pack_id)
 
+    def release(self) -> None:
+        """Give the buffer back for reuse. Idempotent.
+
+        If something still holds an export of ``data`` (an object store that
+        kept the buffer), the buffer is not reused: it is freed when let go.
+        """
+        try:
+            self.data.release()
+        except BufferError:
+            return
+        if self.pool is not None:
+            self.pool.give_back(self.buffer)
+
 
 class PackBuilder:
-    """Collects encoded chunks into packs of about ``target`` bytes. Thread-safe.
+    """Collects encoded chunks into packs of at most ``target`` bytes. Thread-safe.
 
-    :meth:`add` returns a sealed pack whenever the current one reaches the target;
-    :meth:`seal` returns the last, partial one. Memory: one open pack's blobs and
-    table entries, each in one buffer: no object per chunk, since a pack of small
-    chunks (per-file snapshots of small files) holds ~100,000 of them.
+    :meth:`add` returns the open pack, sealed, when the chunk it is given does not
+    fit in it any more (that chunk starts the next pack); :meth:`seal` returns the
+    last, partial one. A chunk too large for an empty pack gets a pack of its own.
+    Memory: the open pack's buffer (from ``buffers``, else a fresh mapping) and its
+    table entries: no object per chunk, since a pack of small chunks (per-file
+    snapshots of small files) holds ~100,000 of them.
     """
 
-    def __init__(self, target: int = PACK_TARGET) -> None:
+    def __init__(self, target: int = PACK_TARGET, buffers: PackBuffers | None = None) -> None:
+        self._buffers = buffers if buffers is not None and buffers.size == target else None
         self._target = target
         self._lock = threading.Lock()
-        self._blobs = bytearray()
+        self._buffer: mmap.mmap | None = None
+        self._fill = 0
         self._entries = bytearray()
 
-    def add(self, digest: bytes, blob: bytes, length: int) -> SealedPack | None:
+    def add(self, digest: bytes, blob: bytes | memoryview, length: int) -> SealedPack | None:
         with self._lock:
-            self._entries += _ENTRY.pack(digest, len(self._blobs), len(blob), length)
-            self._blobs += blob
-            if len(self._blobs) < self._target:
-                return None
-            return self._seal_locked()
+            sealed = None
+            if self._buffer is not None and self._fill + _room(len(blob), self._entries) > len(
+                self._buffer
+            ):
+                sealed = self._seal_locked()
+            if self._buffer is None:
+                self._buffer = self._new_buffer(_room(len(blob), b""))
+            end = self._fill + len(blob)
+            self._buffer[self._fill : end] = blob
+            self._entries += _ENTRY.pack(digest, self._fill, len(blob), length)
+            self._fill = end
+            return sealed
 
     def seal(self) -> SealedPack | None:
         with self._lock:
             return self._seal_locked() if self._entries else None
 
+    def _new_buffer(self, needed: int) -> mmap.mmap:
+        if needed > self._target:
+            return mmap.mmap(-1, needed)  # one oversized chunk: a pack of its own
+        if self._buffers is not None:
+            return self._buffers.take()
+        return mmap.mmap(-1, self._target)
+
     def _seal_locked(self) -> SealedPack:
-        blobs, entries = self._blobs, self._entries
-        self._blobs, self._entries = bytearray(), bytearray()
+        buffer, entries, fill = self._buffer, self._entries, self._fill
+        assert buffer is not None
+        self._buffer, self._entries, self._fill = None, bytearray(), 0
         # Sorted by digest (the first field; a pack never holds one digest twice).
         count = len(entries) // ENTRY_SIZE
         rows = sorted(entries[i * ENTRY_SIZE : (i + 1) * ENTRY_SIZE] for i in range(count))
         table = b"".join(rows)
         del rows, entries
-        blobs += table
-        blobs += _PACK_TAIL.pack(count, PACK_MAGIC)
-        data = bytes(blobs)
-        del blobs
+        size = fill + len(table) + _PACK_TAIL.size
+        buffer[fill : fill + len(table)] = table
+        buffer[size - _PACK_TAIL.size : size] = _PACK_TAIL.pack(count, PACK_MAGIC)
         # A random name, not the content's hash: two saves of the same data build
         # byte-identical packs, and a writer that found "its" pack already stored
         # could then rely on a pack gc has marked and is about to delete.
         pack_id = secrets.token_hex(32)
-        return SealedPack(data, PackTable(pack_id, len(data), table))
+        pool = self._buffers if len(buffer) == self._target else None
+        data = memoryview(buffer)[:size].toreadonly()
+        return SealedPack(data, PackTable(pack_id, size, table), buffer, pool)
 
 
-def read_pack_table(pack_id: str, data: bytes) -> PackTable:
+def _room(blob_size: int, entries: bytes | bytearray) -> int:
+    """Bytes a pack needs besides its blobs so far to take one more blob of this size."""
+    return blob_size + len(entries) + ENTRY_SIZE + _PACK_TAIL.size
+
+
+def read_pack_table(pack_id: str, data: bytes | memoryview) -> PackTable:
     """The table inside a whole pack (for gc and repair without its index object)."""
     if len(data) < _PACK_TAIL.size:
         raise PackFormatError("pack is too short")
@@ -165,7 +245,7 @@ def read_pack_table(pack_id: str, data: bytes) -> PackTable:
     start = len(data) - _PACK_TAIL.size - count * ENTRY_SIZE
     if magic != PACK_MAGIC or start < 0:
         raise PackFormatError("pack tail is malformed")
-    return PackTable(pack_id, len(data), data[start : len(data) - _PACK_TAIL.size])
+    return PackTable(pack_id, len(data), bytes(data[start : len(data) - _PACK_TAIL.size]))
 
 
 @dataclass(frozen=True, slots=True)

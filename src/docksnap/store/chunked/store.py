@@ -77,6 +77,7 @@ from docksnap.store.chunked.packs import (
     PACKS,
     IndexCache,
     LayeredIndex,
+    PackBuffers,
     PackBuilder,
     PackTable,
     pack_id_of_key,
@@ -97,6 +98,7 @@ from docksnap.store.chunked.transfer import ChunkCopier, PackCopier
 from docksnap.store.chunked.verify import Verifier
 from docksnap.store.chunked.writer import (
     BATCH_SIZE,
+    PACK_LIMIT,
     SEGMENT_SIZE,
     BufferCache,
     PackTarget,
@@ -388,7 +390,7 @@ class ChunkedStore:
         # that no longer existed.
         pending = pending_packs(self._objects)
         index = self._get_index_cache().refresh()
-        return PackTarget(index, pending, PackBuilder(self._pack_size))
+        return PackTarget(index, pending, PackBuilder(self._pack_size, self._get_pools().packs))
 
     def _get_index_cache(self) -> IndexCache:
         if self._index_cache is None:
@@ -581,6 +583,8 @@ class ChunkedStore:
                 cpu=ThreadPoolExecutor(self._workers, thread_name_prefix="docksnap-cpu"),
                 io=ThreadPoolExecutor(self._io_workers, thread_name_prefix="docksnap-io"),
                 buffers=BufferCache(SEGMENT_SIZE, keep=self._workers + 4),
+                # The open pack and the sealed ones waiting for their put.
+                packs=PackBuffers(self._pack_size, keep=PACK_LIMIT + 1),
             )
         return self._pools
 

@@ -42,13 +42,20 @@ from docksnap.store.chunked.format import (
     encode_chunk,
     hash_hex,
 )
-from docksnap.store.chunked.packs import LayeredIndex, PackBuilder, PackTable, SealedPack
+from docksnap.store.chunked.packs import (
+    LayeredIndex,
+    PackBuffers,
+    PackBuilder,
+    PackTable,
+    SealedPack,
+)
 from docksnap.store.chunked.spool import IndexSpool
 from docksnap.store.objects import ObjectStore
 from docksnap.tarstream import MemberIndexer, TarIndexer
 
 SEGMENT_SIZE: Final = 4 * 1024 * 1024
 BATCH_SIZE: Final = 1024 * 1024
+PACK_LIMIT: Final = 2  # sealed packs waiting for their put
 _SPILL_EVERY: Final = 1024  # tar entries held before they go to the spool
 _POLL: Final = 0.1  # seconds between checks for an abort while waiting for a slot
 
@@ -77,6 +84,7 @@ class Pools:
     cpu: ThreadPoolExecutor
     io: ThreadPoolExecutor
     buffers: BufferCache
+    packs: PackBuffers
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +154,7 @@ class StreamWriter:
         segment_limit: int = 4,
         put_limit: int = 64,
         packs: PackTarget | None = None,
-        pack_limit: int = 2,
+        pack_limit: int = PACK_LIMIT,
         per_file: bool = False,
     ) -> None:
         if per_file and packs is None:
@@ -446,15 +454,18 @@ class StreamWriter:
         future.add_done_callback(self._pack_done)
 
     def _put_pack(self, sealed: SealedPack) -> None:
-        if self._stop.is_set() or self._failure is not None:
-            return
-        created = self._pools.objects.put_if_absent(sealed.key, sealed.data)
+        try:
+            if self._stop.is_set() or self._failure is not None:
+                return
+            created = self._pools.objects.put_if_absent(sealed.key, sealed.data)
+        finally:
+            sealed.release()
         with self._lock:
             self._written.append(sealed.table)
             if created:
                 self._created.append(sealed.key)
                 self._new_chunks += len(sealed.table)
-                self._stored_bytes += len(sealed.data)
+                self._stored_bytes += sealed.table.pack_size
 
     def _pack_done(self, future: Future[None]) -> None:
         self._pack_slots.release()
